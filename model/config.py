@@ -1,0 +1,49 @@
+"""Model configuration, saved inside every weights file so loading rebuilds the exact network."""
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+__all__ = ["CATEGORIES", "UNKNOWN", "ModelConfig", "PAPER_CONFIG"]
+
+UNKNOWN = "unknown"
+# The coarse foreground classes the shared training photos carry; "unknown" is the fallback for anything else.
+CATEGORIES = (
+    "person", "animal", "vehicle", "building", "sky", "vegetation", "water", "terrain", "other", UNKNOWN,
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "squeezenet"  # registered backbone name (model.backbones)
+    thumb: int = 128  # square thumbnail side fed to the backbone (the paper uses 256)
+    pieces: int = 64  # linear pieces per colour curve (L in the paper)
+    stages: int = 2  # cascaded CRMs, each refining the previous stage's output
+    semantic: bool = False  # Semantic-CRM: a foreground category embedding joins the foreground features
+    categories: tuple[str, ...] = field(default=CATEGORIES)  # vocabulary of the category embedding
+    norm: str = "batch"  # extension: normalisation in the backbone ("batch" or "none" = the paper)
+    color_stats: bool = True  # extension: per-channel colour statistics appended to each embedding
+
+    def __post_init__(self):
+        if self.thumb < 32 or self.pieces < 2 or self.stages < 1:
+            raise ValueError(f"invalid model config: thumb={self.thumb}, pieces={self.pieces}, stages={self.stages}")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
+        if UNKNOWN not in self.categories:
+            raise ValueError(f"categories must include {UNKNOWN!r}")
+        object.__setattr__(self, "categories", tuple(self.categories))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["categories"] = list(self.categories)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# The network exactly as the paper describes it: no normalisation layers, no colour statistics, 256² thumbnails.
+PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False)

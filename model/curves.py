@@ -1,0 +1,114 @@
+"""Piecewise-linear colour curves: parameters → knots, the differentiable tensor path, 8-bit LUTs and rendering.
+
+A curve with L pieces and positive weights p_i is y(x) = (L / Σp) · Σ_i clamp(x − i/L, 0, 1/L) · p_i, which is
+the straight line through the knots (i/L, Σ_{j<i} p_j / Σp). The network predicts log-weights; p = exp(z) keeps
+every curve monotone with y(0) = 0 and y(1) = 1, and clamping z bounds the normaliser away from zero.
+Cascaded stages compose: C(x) = c_S(…c_2(c_1(x))), and the mask blends once: out = x + m·(C(x) − x).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["Curves", "apply_curves", "curve_knots", "render", "render_tensor", "MAX_LOG_SLOPE"]
+
+MAX_LOG_SLOPE = 6.0  # |log p| bound: slopes within e^±12 of each other, normaliser ≥ L·e^-6
+LEVELS = np.arange(256, dtype=np.float64) / 255.0
+
+
+def curve_knots(log_slopes: torch.Tensor) -> torch.Tensor:
+    """(..., L) log-weights → (..., L + 1) knot heights from 0 to 1."""
+    p = log_slopes.clamp(-MAX_LOG_SLOPE, MAX_LOG_SLOPE).exp()
+    cum = torch.cat([torch.zeros_like(p[..., :1]), p.cumsum(-1)], -1)
+    return cum / cum[..., -1:]
+
+
+def apply_curve(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """Evaluate one curve per channel. x: (B, 3, H, W) in [0, 1]; knots: (B, 3, L + 1)."""
+    B, C, H, W = x.shape  # batch, channels, height, width
+    pieces = knots.shape[-1] - 1
+    t = x.clamp(0, 1).reshape(B, C, H * W) * pieces
+    index = t.floor().clamp(max=pieces - 1)
+    frac = t - index
+    index = index.long()
+    y0 = knots.gather(-1, index)
+    y1 = knots.gather(-1, index + 1)
+    return (y0 + frac * (y1 - y0)).reshape(B, C, H, W)
+
+
+def apply_curves(x: torch.Tensor, mask: torch.Tensor, knots: torch.Tensor) -> list[torch.Tensor]:
+    """Cascade every stage and blend with the mask. knots: (B, S, 3, L + 1); mask: (B, 1, H, W).
+
+    Returns one output per stage (the cascade up to that stage), each x + m·(C_k(x) − x).
+    """
+    outputs = []
+    curved = x
+    for stage in range(knots.shape[1]):
+        curved = apply_curve(curved, knots[:, stage])
+        outputs.append(x + mask * (curved - x))
+    return outputs
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The predicted curves of one image: knot heights (stages, 3, L + 1), float64, each row 0 → 1."""
+
+    knots: np.ndarray
+
+    def evaluate(self, x: np.ndarray) -> np.ndarray:
+        """The cascaded curve of each channel at values x in [0, 1] → (3, len(x))."""
+        stages, _, n = self.knots.shape
+        grid = np.linspace(0.0, 1.0, n)
+        y = np.stack([np.asarray(x, dtype=np.float64)] * 3)
+        for s in range(stages):
+            y = np.stack([np.interp(y[c], grid, self.knots[s, c]) for c in range(3)])
+        return y
+
+    def lut(self) -> np.ndarray:
+        """(3, 256) uint8 lookup table: the curve at every 8-bit level."""
+        return np.rint(self.evaluate(LEVELS) * 255.0).astype(np.uint8)
+
+    def to_cube(self, title: str = "S2CRNet harmonization curve") -> str:
+        """An Adobe .cube 1D LUT (LUT_1D_SIZE 256) that image tools can apply."""
+        table = self.evaluate(LEVELS).T
+        lines = [f'TITLE "{title}"', "LUT_1D_SIZE 256", "DOMAIN_MIN 0.0 0.0 0.0", "DOMAIN_MAX 1.0 1.0 1.0"]
+        lines += [f"{r:.6f} {g:.6f} {b:.6f}" for r, g, b in table]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, list[int]]:
+        lut = self.lut()
+        return {"r": lut[0].tolist(), "g": lut[1].tolist(), "b": lut[2].tolist()}
+
+
+def render(image: Image.Image, mask: Image.Image, lut: np.ndarray) -> Image.Image:
+    """Apply a (3, 256) LUT inside the mask, in place, at full resolution; returns `image`.
+
+    image: "RGB" or "RGBA" (alpha passes through); mask: "L" of the same size (value/255 = weight, soft masks
+    blend linearly). Only the mask's bounding box is touched: one uint8 copy of that box at most.
+    """
+    if image.mode not in ("RGB", "RGBA") or mask.mode != "L" or image.size != mask.size:
+        raise ValueError(f"render needs an RGB/RGBA image and an L mask of one size, got "
+                         f"{image.mode} {image.size} and {mask.mode} {mask.size}")
+    box = mask.getbbox()
+    if box is None:
+        return image
+    table = lut.astype(np.uint8).reshape(-1).tolist()
+    if image.mode == "RGBA":
+        table += list(range(256))
+    region = image.crop(box).point(table)
+    image.paste(region, box, mask.crop(box))
+    return image
+
+
+def render_tensor(image: torch.Tensor, mask: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """The same render on a device tensor (the GPU path). image: (H, W, 3|4) uint8; mask: (H, W) uint8."""
+    curved = torch.stack([lut[c].long()[image[..., c].long()] for c in range(3)], -1)
+    rgb = image[..., :3].to(torch.int32)
+    weight = mask.to(torch.int32).unsqueeze(-1)
+    # Same rounding as Pillow's paste: (a·m + b·(255 − m) + 127) / 255.
+    blended = ((curved * weight + rgb * (255 - weight) + 127) // 255).to(torch.uint8)
+    if image.shape[-1] == 4:
+        blended = torch.cat([blended, image[..., 3:]], -1)
+    return blended

@@ -1,0 +1,105 @@
+"""S²CRNet: Spatial-Separated Curve Rendering Network (Liang, Cun, Pun, Wang; arXiv 2109.05750).
+
+thumbnails → forward_features (shared backbone on foreground and background, pooled to 512-d each,
+optionally with colour statistics) → forward_head (Cascaded-CRM, optionally Semantic-CRM) → curve knots,
+which model.curves applies at any resolution.
+"""
+
+import torch
+from torch import nn
+
+from .backbones import BACKBONE_CHANNELS, create_backbone
+from .config import UNKNOWN, ModelConfig
+from .curves import apply_curves, curve_knots
+
+__all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "count_parameters"]
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+STATS_PER_CHANNEL = 2 + len(QUANTILES)  # mean, std, quantiles
+CATEGORY_EMBED = 64
+NORM_LAYERS = {"batch": nn.BatchNorm2d, "none": None}
+
+
+@torch.no_grad()
+def color_statistics(rgb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted per-channel mean, std and quantiles. rgb: (B, 3, S, S); weight: (B, 1, S, S) → (B, 21)."""
+    x = rgb.flatten(2)  # B, 3, N
+    w = weight.flatten(2).expand_as(x) + 1e-6
+    total = w.sum(-1, keepdim=True)
+    mean = (x * w).sum(-1, keepdim=True) / total
+    std = (((x - mean) ** 2 * w).sum(-1, keepdim=True) / total).sqrt()
+    ordered, order = x.sort(-1)
+    cdf = w.gather(-1, order).cumsum(-1) / total  # B, 3, N
+    levels = torch.tensor(QUANTILES, device=x.device).expand(*x.shape[:2], -1).contiguous()
+    index = torch.searchsorted(cdf, levels).clamp(max=x.shape[-1] - 1)
+    quantiles = ordered.gather(-1, index)  # B, 3, Q
+    return torch.cat([mean, std, quantiles], -1).flatten(1)
+
+
+class CurveRenderingModule(nn.Module):
+    """One CRM: p = Linear_b(f_b) + Linear_f(f_f) → 3 × L curve log-weights."""
+
+    def __init__(self, bg_dim: int, fg_dim: int, pieces: int):
+        super().__init__()
+        self.pieces = pieces
+        self.bg_proj = nn.Linear(bg_dim, 3 * pieces)
+        self.fg_proj = nn.Linear(fg_dim, 3 * pieces)
+        # Start at (almost) the identity curve: equal weights everywhere.
+        for proj in (self.bg_proj, self.fg_proj):
+            nn.init.normal_(proj.weight, std=1e-3)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, f_bg: torch.Tensor, f_fg: torch.Tensor) -> torch.Tensor:
+        return (self.bg_proj(f_bg) + self.fg_proj(f_fg)).view(-1, 3, self.pieces)
+
+
+class S2CRNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config.backbone, NORM_LAYERS[config.norm])
+        embed = BACKBONE_CHANNELS + (3 * STATS_PER_CHANNEL if config.color_stats else 0)
+        fg_embed = embed + (CATEGORY_EMBED if config.semantic else 0)
+        self.category_embed = None
+        if config.semantic:
+            n = len(config.categories)
+            self.category_embed = nn.Sequential(nn.Linear(n, 32), nn.ReLU(inplace=True), nn.Linear(32, CATEGORY_EMBED))
+        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces) for _ in range(config.stages))
+
+    def category_index(self, category: str | None) -> int:
+        category = UNKNOWN if category is None else category
+        if category not in self.config.categories:
+            raise ValueError(f"unknown category {category!r}; known: {', '.join(self.config.categories)}")
+        return self.config.categories.index(category)
+
+    def forward_features(self, thumbs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """thumbs: (B, 8, S, S) from model.thumbnails → foreground and background embeddings (B, D) each."""
+        B = thumbs.shape[0]
+        fg, fg_mask, bg, bg_mask = thumbs[:, 0:3], thumbs[:, 3:4], thumbs[:, 4:7], thumbs[:, 7:8]
+        bg_weight = 1.0 - bg_mask
+        x = torch.cat([fg * fg_mask, bg * bg_weight])  # 2B, 3, S, S: one backbone pass for both
+        f = self.backbone(x).mean((2, 3))  # 2B, 512
+        f_fg, f_bg = f[:B], f[B:]
+        if self.config.color_stats:
+            f_fg = torch.cat([f_fg, color_statistics(fg, fg_mask)], 1)
+            f_bg = torch.cat([f_bg, color_statistics(bg, bg_weight)], 1)
+        return f_fg, f_bg
+
+    def forward_head(self, f_fg: torch.Tensor, f_bg: torch.Tensor, categories: torch.Tensor | None = None):
+        """Embeddings (+ category indices (B,)) → knots (B, stages, 3, L + 1)."""
+        if self.category_embed is not None:
+            if categories is None:
+                categories = torch.full((f_fg.shape[0],), self.category_index(None), device=f_fg.device)
+            onehot = nn.functional.one_hot(categories, len(self.config.categories)).to(f_fg.dtype)
+            f_fg = torch.cat([f_fg, self.category_embed(onehot)], 1)
+        log_slopes = torch.stack([crm(f_bg, f_fg) for crm in self.crms], 1)  # B, stages, 3, L
+        return curve_knots(log_slopes)
+
+    def forward(self, thumbs, images, masks, categories=None) -> list[torch.Tensor]:
+        """Training path: curves applied to images (B, 3, H, W) under masks (B, 1, H, W), one output per stage."""
+        knots = self.forward_head(*self.forward_features(thumbs), categories)
+        return apply_curves(images, masks, knots)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
