@@ -1,0 +1,516 @@
+"""The `s2crnet` command: harmonize one image or whole folders, serve, train, evaluate, describe the weights.
+
+    s2crnet harmonize comp.jpg mask.png -o out.jpg [--category person] [--curves c.json] [--cube c.cube]
+    s2crnet harmonize --composites DIR --masks DIR -o OUTDIR [--recursive] [--overwrite] [--jobs 2]
+    s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto]
+    s2crnet train ... | s2crnet eval DATASET_DIR ... | s2crnet info [--json] | s2crnet --version
+
+Errors are one line on stderr and exit code 1 (2 for bad usage, 130 when interrupted); `--debug` shows the
+traceback instead. Folder mode reports broken and unpaired files, skips them, and exits 1 if there were any.
+"""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+# Output format by file extension (Pillow format names).
+OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
+                  ".tiff": "TIFF", ".bmp": "BMP"}
+_FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
+_FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
+_FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
+IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
+PNG_COMPRESS_LEVEL = 3  # zlib level: Pillow's default 6 is several times slower on large images for ~5% less
+# iHarmony4 names a composite image_object_variant (a0041_1_5.jpg) and its mask image_object (a0041_1.png).
+_IHARMONY4_NAME = re.compile(r"^(?P<mask>.+_\d+)_\d+$")
+_PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 1."""
+
+
+# --- images in and out --------------------------------------------------------------------------------------
+
+def open_upright(path: Path) -> Image.Image:
+    """Decode an image file fully, with its EXIF orientation applied (in place: no extra full-size copy)."""
+    with Image.open(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
+def output_format(path: Path) -> str:
+    try:
+        return OUTPUT_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise CliError(f"cannot tell the output format from {str(path)!r}: use one of "
+                       f"{', '.join(sorted(OUTPUT_FORMATS))}") from None
+
+
+def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes | None) -> None:
+    """Encode by the extension of `path`; alpha and ICC profile kept where the format allows.
+
+    Written to a temporary name and renamed, so an interrupted run never leaves a half-written output that a
+    resumed run would skip.
+    """
+    fmt = output_format(path)
+    if fmt in _FORMATS_WITHOUT_ALPHA and image.mode == "RGBA":
+        image = image.convert("RGB")
+    params: dict = {}
+    if fmt in ("JPEG", "WEBP"):
+        params["quality"] = quality
+    elif fmt == "PNG":
+        params["compress_level"] = PNG_COMPRESS_LEVEL
+    if icc_profile and fmt in _FORMATS_WITH_ICC:
+        params["icc_profile"] = icc_profile
+    partial = path.with_name(f".{path.name}{_PARTIAL_SUFFIX}")
+    try:
+        image.save(partial, format=fmt, **params)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@dataclass
+class Job:
+    composite: Path
+    mask: Path
+    output: Path
+
+
+@dataclass
+class Prepared:
+    """A decoded composite ready to render: image (RGB/RGBA), mask (L), thumbnails, ICC profile to keep."""
+
+    image: Image.Image
+    mask: Image.Image
+    thumbs: object
+    icc_profile: bytes | None
+
+
+def prepare(harmonizer, job: Job) -> Prepared:
+    image = open_upright(job.composite)
+    # An ICC profile describes the file's own colour space: it stays valid only while the pixels stay RGB.
+    icc_profile = image.info.get("icc_profile") if image.mode in ("RGB", "RGBA") else None
+    mask = open_upright(job.mask)
+    image, mask, thumbs = harmonizer.prepare(image, mask)
+    return Prepared(image, mask, thumbs, icc_profile)
+
+
+# --- folder mode: pairing -----------------------------------------------------------------------------------
+
+def _image_files(root: Path, recursive: bool, exclude: list[Path]) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    files = []
+    for path in root.glob(pattern):
+        relative = path.relative_to(root)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if any(path.is_relative_to(folder) for folder in exclude) or not path.is_file():
+            continue
+        files.append(path)
+    return sorted(files)
+
+
+def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
+                extension: str | None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Pair each composite with its mask: same stem, or iHarmony4 naming (a0041_1_5.jpg ↔ a0041_1.png).
+
+    With `recursive`, a composite in composites/sub/ looks for its mask in masks/sub/ and its output goes to
+    out_dir/sub/. Returns the jobs and the composites that could not be paired, each with the reason.
+    """
+    for what, folder in (("composites", composites), ("masks", masks)):
+        if not folder.is_dir():
+            raise CliError(f"--{what} {str(folder)!r} is not a folder")
+    composites, masks, out_dir = composites.resolve(), masks.resolve(), out_dir.resolve()
+    masks_by_stem: dict[tuple[Path, str], list[Path]] = {}
+    for path in _image_files(masks, recursive, exclude=[out_dir]):
+        masks_by_stem.setdefault((path.parent.relative_to(masks), path.stem), []).append(path)
+    # Masks and earlier outputs may live inside the composites folder: never take them for composites.
+    exclude = [folder for folder in (masks, out_dir) if folder != composites]
+    jobs, unpaired, outputs = [], [], {}
+    for path in _image_files(composites, recursive, exclude):
+        folder = path.parent.relative_to(composites)
+        iharmony4 = _IHARMONY4_NAME.match(path.stem)
+        candidates = masks_by_stem.get((folder, path.stem))
+        if candidates is None and iharmony4:
+            candidates = masks_by_stem.get((folder, iharmony4["mask"]))
+        if not candidates:
+            expected = f"{path.stem}.*" + (f" or {iharmony4['mask']}.*" if iharmony4 else "")
+            unpaired.append((path, f"no mask named {expected} in {masks / folder}"))
+            continue
+        if len(candidates) > 1:
+            unpaired.append((path, f"several masks could match: {', '.join(p.name for p in candidates)}"))
+            continue
+        output = out_dir / folder / (path.stem + (extension or _output_extension(path)))
+        if output in outputs:
+            unpaired.append((path, f"its output {output.name} clashes with that of {outputs[output].name}"))
+            continue
+        outputs[output] = path
+        jobs.append(Job(path, candidates[0], output))
+    return jobs, unpaired
+
+
+def _output_extension(composite: Path) -> str:
+    """Keep the composite's own format when it can be written, else PNG (lossless, keeps alpha)."""
+    suffix = composite.suffix.lower()
+    return suffix if suffix in OUTPUT_FORMATS else ".png"
+
+
+# --- folder mode: the pipeline ------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    harmonized: int = 0
+    skipped: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    unpaired: list[tuple[Path, str]] = field(default_factory=list)
+
+    def line(self, seconds: float) -> str:
+        rate = self.harmonized / seconds if seconds > 0 else 0.0
+        return (f"{self.harmonized} harmonized, {self.skipped} skipped (output exists), "
+                f"{len(self.failed)} failed, {len(self.unpaired)} unpaired "
+                f"in {seconds:.1f} s ({rate:.2f} images/s)")
+
+
+class FolderRun:
+    """Decode → batched curves → render + encode, with decoding and encoding on `jobs` threads.
+
+    The main thread runs one forward pass per batch while the threads decode the next images and encode the
+    previous ones. At most `batch_size + 2·jobs` full-size images are held at once, so memory stays bounded.
+    """
+
+    def __init__(self, harmonizer, jobs: int, batch_size: int, category: str | None, quality: int,
+                 progress: tqdm, summary: Summary, base: Path):
+        self.harmonizer = harmonizer
+        self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="s2crnet-io")
+        self.batch_size = batch_size
+        self.budget = batch_size + 2 * jobs
+        self.category = category
+        self.quality = quality
+        self.progress = progress
+        self.summary = summary
+        self.base = base
+
+    def run(self, jobs: list[Job]) -> None:
+        todo = iter(jobs)
+        decoding: deque[tuple[Job, Future]] = deque()
+        saving: deque[tuple[Job, Future]] = deque()
+        batch: list[tuple[Job, Prepared]] = []
+        exhausted = False
+        try:
+            while True:
+                # 1. keep the threads busy decoding, within the memory budget
+                while not exhausted and len(decoding) + len(batch) + len(saving) < self.budget:
+                    job = next(todo, None)
+                    if job is None:
+                        exhausted = True
+                    else:
+                        decoding.append((job, self.pool.submit(prepare, self.harmonizer, job)))
+                while saving and saving[0][1].done():
+                    self._finish_save(*saving.popleft())
+                # 2. take the next decoded image, in order
+                if decoding:
+                    job, future = decoding.popleft()
+                    try:
+                        batch.append((job, future.result()))
+                    except Exception as e:  # any broken file is reported and skipped, never fatal
+                        self._fail(job, e)
+                # 3. one forward pass per full batch (or for what is left at the end)
+                if batch and (len(batch) >= self.batch_size or (exhausted and not decoding)):
+                    saving.extend(self._infer(batch))
+                    batch = []
+                if exhausted and not decoding and not batch:
+                    break
+                if saving and len(decoding) + len(batch) + len(saving) >= self.budget:
+                    self._finish_save(*saving.popleft())
+            while saving:
+                self._finish_save(*saving.popleft())
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _infer(self, batch: list[tuple[Job, Prepared]]) -> list[tuple[Job, Future]]:
+        try:
+            curves = self.harmonizer.curves_from_thumbnails([p.thumbs for _, p in batch],
+                                                            [self.category] * len(batch))
+        except Exception as e:  # a failed batch fails its images, the run goes on
+            for job, _ in batch:
+                self._fail(job, e)
+            return []
+        return [(job, self.pool.submit(self._render_and_save, job, prepared, c))
+                for (job, prepared), c in zip(batch, curves, strict=True)]
+
+    def _render_and_save(self, job: Job, prepared: Prepared, curves) -> None:
+        image = self.harmonizer.render(prepared.image, prepared.mask, curves)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        save_image(image, job.output, self.quality, prepared.icc_profile)
+
+    def _finish_save(self, job: Job, future: Future) -> None:
+        try:
+            future.result()
+        except Exception as e:  # an unwritable output is reported, the run goes on
+            self._fail(job, e)
+            return
+        self.summary.harmonized += 1
+        self.progress.update()
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        reason = _describe(error)
+        self.summary.failed.append((job.composite, reason))
+        self.progress.write(f"s2crnet: failed {_shown(job.composite, self.base)}: {reason}", file=sys.stderr)
+        self.progress.update()
+
+
+def _shown(path: Path, base: Path) -> str:
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _describe(error: BaseException) -> str:
+    """One line for an exception: OSError's strerror with its file name, else the message, else the type."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return message or type(error).__name__
+
+
+# --- subcommands --------------------------------------------------------------------------------------------
+
+def _load_harmonizer(args: argparse.Namespace):
+    from model import Harmonizer  # torch is imported only by the commands that need the model
+
+    return Harmonizer.load(args.weights, args.device)
+
+
+def _check_category(harmonizer, category: str | None) -> None:
+    if category is not None and category not in harmonizer.config.categories:
+        known = ", ".join(harmonizer.config.categories)
+        raise CliError(f"unknown category {category!r}; this model knows: {known}")
+
+
+def cmd_harmonize(args: argparse.Namespace) -> int:
+    folder_mode = args.composites is not None or args.masks is not None
+    if folder_mode:
+        if args.composite or args.mask or args.composites is None or args.masks is None:
+            raise CliError("folder mode takes --composites DIR and --masks DIR (and no COMPOSITE MASK files)")
+        if args.curves or args.cube:
+            raise CliError("--curves and --cube write the curves of one image; use them without --composites")
+        return _harmonize_folder(args)
+    if not (args.composite and args.mask):
+        raise CliError("give COMPOSITE and MASK files, or --composites DIR --masks DIR for a folder")
+    return _harmonize_one(args)
+
+
+def _harmonize_one(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    output_format(output)  # fail on a bad extension before loading anything
+    harmonizer = _load_harmonizer(args)
+    _check_category(harmonizer, args.category)
+    prepared = prepare(harmonizer, Job(Path(args.composite), Path(args.mask), output))
+    (curves,) = harmonizer.curves_from_thumbnails([prepared.thumbs], [args.category])
+    image = harmonizer.render(prepared.image, prepared.mask, curves)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image, output, args.quality, prepared.icc_profile)
+    if args.curves:
+        info = harmonizer.info()
+        document = {**curves.to_dict(), "model": info["backbone"], "weights_sha256": info["sha256"]}
+        Path(args.curves).write_text(json.dumps(document) + "\n")
+    if args.cube:
+        Path(args.cube).write_text(curves.to_cube(f"S2CRNet {Path(args.composite).name}"))
+    return 0
+
+
+def _harmonize_folder(args: argparse.Namespace) -> int:
+    composites, out_dir = Path(args.composites), Path(args.output)
+    extension = _FORMAT_CHOICES[args.format] if args.format else None
+    jobs, unpaired = pair_folder(composites, Path(args.masks), out_dir, args.recursive, extension)
+    base = composites.resolve()
+    summary = Summary(unpaired=unpaired)
+    for path, reason in unpaired:
+        sys.stderr.write(f"s2crnet: unpaired {_shown(path, base)}: {reason}\n")
+    if not jobs and not unpaired:
+        raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(composites)!r}")
+    if not args.overwrite:
+        summary.skipped = sum(job.output.exists() for job in jobs)
+        jobs = [job for job in jobs if not job.output.exists()]
+    started = time.perf_counter()
+    if jobs:
+        harmonizer = _load_harmonizer(args)
+        _check_category(harmonizer, args.category)
+        with tqdm(total=len(jobs), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
+                  disable=None if args.progress is None else not args.progress) as progress:
+            FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
+                      base).run(jobs)
+    sys.stdout.write(summary.line(time.perf_counter() - started) + "\n")
+    return 1 if summary.failed or summary.unpaired else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _load_harmonizer(args).info()
+    if args.json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return 0
+    meta = info.pop("meta") or {}
+    rows = [(key, ", ".join(value) if isinstance(value, list) else value) for key, value in info.items()]
+    rows += [(f"meta.{key}", json.dumps(value) if isinstance(value, dict | list) else value)
+             for key, value in meta.items()]
+    width = max(len(key) for key, _ in rows)
+    sys.stdout.write("".join(f"{key:<{width}}  {value}\n" for key, value in rows))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.main import run  # FastAPI and uvicorn are imported only to serve
+    from app.settings import Settings
+
+    flags = {name: getattr(args, name) for name in ("host", "port", "weights", "device")}
+    # Flags given on the command line beat S2CRNET_* variables, which beat the defaults.
+    run(Settings(**{name: value for name, value in flags.items() if value is not None}))
+    return 0
+
+
+def _delegate(module_name: str, prog: str, argv: list[str]) -> int:
+    """`s2crnet train|eval ...` → the module's own add_arguments(parser) and run(args)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CliError(f"'{prog}' is not available in this installation ({e})") from e
+    parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().split("\n")[0])
+    module.add_arguments(parser)
+    result = module.run(parser.parse_args(argv))
+    return result if isinstance(result, int) else 0
+
+
+# --- the parser ---------------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return metadata.version("s2crnet")
+    except metadata.PackageNotFoundError:
+        from model import __version__
+
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2crnet", description="S²CRNet image harmonization: recolour a "
+                                     "pasted object so it matches the photo it was pasted into.")
+    parser.add_argument("--version", action="version", version=f"s2crnet {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--weights", metavar="PATH",
+                               help="weights file (default: the shipped model/weights/s2crnet_squeezenet.pt)")
+    model_options.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                               help="where the network runs (default: auto = cuda when available)")
+
+    harmonize = commands.add_parser(
+        "harmonize", parents=[model_options], help="harmonize one composite or a whole folder",
+        description="Harmonize one composite (COMPOSITE MASK -o OUT) or a folder (--composites DIR "
+                    "--masks DIR -o OUTDIR). Folder pairing: identical stems, or iHarmony4 names "
+                    "(a0041_1_5.jpg ↔ a0041_1.png).")
+    harmonize.add_argument("composite", nargs="?", help="the composite image")
+    harmonize.add_argument("mask", nargs="?", help="its mask: white = pasted object, grey levels blend")
+    harmonize.add_argument("-o", "--output", required=True, metavar="OUT",
+                           help="output file (format from its extension) or, in folder mode, output folder")
+    harmonize.add_argument("--category", help="the pasted object's category, if the model is semantic")
+    harmonize.add_argument("--quality", type=_quality, default=95,
+                           help="JPEG/WebP quality 1-100 (default 95)")
+    harmonize.add_argument("--curves", metavar="JSON",
+                           help="also write the predicted curves as JSON (r, g, b)")
+    harmonize.add_argument("--cube", metavar="CUBE", help="also write the curves as a .cube 1D LUT")
+    folder = harmonize.add_argument_group("folder mode")
+    folder.add_argument("--composites", metavar="DIR", help="folder of composites")
+    folder.add_argument("--masks", metavar="DIR", help="folder of masks")
+    folder.add_argument("-r", "--recursive", action="store_true",
+                        help="also take sub-folders (masks and outputs mirror the composites' sub-folders)")
+    folder.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    folder.add_argument("--format", choices=sorted(_FORMAT_CHOICES),
+                        help="output format (default: the composite's own)")
+    folder.add_argument("-j", "--jobs", type=_positive_int, default=min(4, os.cpu_count() or 1),
+                        help="threads decoding and encoding while the network runs "
+                             "(default: CPU cores, at most 4)")
+    folder.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="images per forward pass (default 8)")
+    folder.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: only on a terminal)")
+    harmonize.set_defaults(handler=cmd_harmonize)
+
+    serve = commands.add_parser(
+        "serve", help="run the REST service (settings also from S2CRNET_* variables)",
+        description="Run the REST service. Flags override S2CRNET_* environment variables.")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped weights)")
+    serve.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                       help="where the network runs (default auto)")
+    serve.set_defaults(handler=cmd_serve)
+
+    # train and eval parse their own options (model.train / model.evaluate), imported only when used.
+    for name, module, summary in (("train", "model.train", "train the network (s2crnet train --help)"),
+                                  ("eval", "model.evaluate", "evaluate on an iHarmony4-format folder, draw a "
+                                   "before/after sheet (s2crnet eval --help)")):
+        delegated = commands.add_parser(name, help=summary, add_help=False, prefix_chars="\0")
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
+        delegated.set_defaults(handler=lambda args, m=module, n=name: _delegate(m, f"s2crnet {n}", args.rest))
+
+    info = commands.add_parser("info", parents=[model_options], help="print the model card of the weights")
+    info.add_argument("--json", action="store_true", help="as JSON")
+    info.set_defaults(handler=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
+    logging.basicConfig(level=logging.WARNING if quiet_by_default and not args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("s2crnet: interrupted\n")
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        # One line, never a traceback: bad files, bad weights, bad flags, and anything unexpected alike.
+        sys.stderr.write(f"s2crnet: error: {_describe(e)}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
