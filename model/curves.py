@@ -16,6 +16,9 @@ __all__ = ["Curves", "apply_curves", "curve_knots", "render", "render_tensor", "
 
 MAX_LOG_SLOPE = 6.0  # |log p| bound: slopes within e^±12 of each other, normaliser ≥ L·e^-6
 LEVELS = np.arange(256, dtype=np.float64) / 255.0
+# Pixels per render strip: large enough that per-call overhead vanishes, small enough to stay in cache and to keep
+# the render's temporaries a sliver of a big image (a whole-box crop + its curved copy were 2 extra copies).
+RENDER_STRIP_PIXELS = 1 << 18
 
 
 def curve_knots(log_slopes: torch.Tensor) -> torch.Tensor:
@@ -86,7 +89,8 @@ def render(image: Image.Image, mask: Image.Image, lut: np.ndarray) -> Image.Imag
     """Apply a (3, 256) LUT inside the mask, in place, at full resolution; returns `image`.
 
     image: "RGB" or "RGBA" (alpha passes through); mask: "L" of the same size (value/255 = weight, soft masks
-    blend linearly). Only the mask's bounding box is touched: one uint8 copy of that box at most.
+    blend linearly). Only the mask's bounding box is touched, in strips of rows, so the temporaries (crop, its
+    curved copy, the mask crop) stay around RENDER_STRIP_PIXELS however large the image is.
     """
     if image.mode not in ("RGB", "RGBA") or mask.mode != "L" or image.size != mask.size:
         raise ValueError(f"render needs an RGB/RGBA image and an L mask of one size, got "
@@ -97,8 +101,11 @@ def render(image: Image.Image, mask: Image.Image, lut: np.ndarray) -> Image.Imag
     table = lut.astype(np.uint8).reshape(-1).tolist()
     if image.mode == "RGBA":
         table += list(range(256))
-    region = image.crop(box).point(table)
-    image.paste(region, box, mask.crop(box))
+    left, top, right, bottom = box
+    rows = max(1, RENDER_STRIP_PIXELS // (right - left))
+    for y in range(top, bottom, rows):
+        strip = (left, y, right, min(y + rows, bottom))
+        image.paste(image.crop(strip).point(table), strip, mask.crop(strip))
     return image
 
 

@@ -179,7 +179,9 @@ class Harmonizer:
             lut = torch.from_numpy(curves.lut()).to(self.device)
             pixels = torch.from_numpy(np.asarray(image)).to(self.device)
             weights = torch.from_numpy(np.asarray(mask)).to(self.device)
-            return Image.fromarray(render_tensor(pixels, weights, lut).cpu().numpy(), image.mode)
+            rendered = render_tensor(pixels, weights, lut).cpu().numpy()
+            image.paste(Image.fromarray(rendered, image.mode))  # in place, like the Pillow path
+            return image
         return render(image, mask, curves.lut())
 
     def harmonize(self, image, mask, category: str | None = None):
