@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SAMPLES = DATA / "iharmony4_samples"
 PHOTOS = DATA / "photos"
-DEFAULT_SERVER_ARGS = [sys.executable, "-m", "app.main"]  # app.main's run(): uvicorn plus drain on SIGTERM
+DEFAULT_SERVER_ARGS = [sys.executable, "-m", "app"]  # app.main.run: uvicorn plus the drain on SIGTERM
 
 
 def free_port() -> int:
@@ -110,7 +110,7 @@ def start_server(env: dict | None = None, args: list[str] | None = None, *, host
     """Start the server in a subprocess on a free port of `host` and (by default) wait until /readyz is 200.
 
     env: extra environment variables (on top of os.environ, S2CRNET_HOST and S2CRNET_PORT).
-    args: the command line (default `python -m app.main`); "{host}" and "{port}" in it are replaced.
+    args: the command line (default `python -m app`); "{host}" and "{port}" in it are replaced.
     The caller stops it (`handle.stop()`); a failed start raises RuntimeError with the server's logs.
     """
     port = free_port()

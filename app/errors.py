@@ -1,0 +1,98 @@
+"""The error model: one exception type with status + code, turned into `{"detail", "code"}` JSON in one place.
+
+Every answer that is not a success has this body, whatever raised it (our code, FastAPI's validation,
+Starlette's routing), so clients can branch on `code` and show `detail` to a person.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+__all__ = ["ApiError", "ErrorBody", "error_response", "install_error_handlers", "ERROR_CODES"]
+
+log = logging.getLogger(__name__)
+
+# code → (status, when): the README's error table is checked against this.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "the body is not valid multipart/form-data"),
+    "corrupt_image": (400, "the composite or mask is truncated or corrupt"),
+    "unauthorized": (401, "an API key is set and the request lacks `Authorization: Bearer <key>`"),
+    "not_found": (404, "no such path"),
+    "method_not_allowed": (405, "wrong HTTP method for the path"),
+    "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
+    "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),
+    "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF"),
+    "missing_field": (422, "a required form part (`composite`, `mask`) is missing"),
+    "invalid_field": (422, "a form field has a bad value (`format`, `quality`, a file sent as text, ...)"),
+    "unknown_category": (422, "`category` is not one the model knows (see GET /info)"),
+    "mask_size_mismatch": (422, "the mask's size differs from the composite's (after EXIF orientation)"),
+    "invalid_mask": (422, "the mask selects nothing, or everything (no background)"),
+    "overloaded": (503, "the queue is full (`max_queue` requests in flight); retry after `Retry-After` s"),
+    "shutting_down": (503, "the server is draining before exit; retry on another replica"),
+    "not_ready": (503, "the model is not loaded and warmed up yet"),
+    "timeout": (504, "the request took longer than `request_timeout_s`"),
+    "internal_error": (500, "a bug: never expected; the log has the details"),
+}
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    detail: str
+    code: str
+
+
+class ApiError(HTTPException):
+    """An answer other than success. A Starlette HTTPException, so FastAPI passes it through body parsing."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.code = code
+
+
+def error_response(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+def _code_for_status(status: int) -> str:
+    known = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+             413: "payload_too_large", 504: "timeout"}
+    return known.get(status, "bad_request" if status < 500 else "internal_error")
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status_code, exc.code, str(exc.detail), exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400:  # FastAPI's "There was an error parsing the body": say what we expect
+        detail = f"{detail}: send multipart/form-data with file parts `composite` and `mask`"
+    return error_response(exc.status_code, _code_for_status(exc.status_code), detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    missing = False
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query"))
+        missing = missing or error.get("type") == "missing"
+        problems.append(f"{field or 'body'}: {error.get('msg', 'invalid')}")
+    detail = "; ".join(problems) or "the request is invalid"
+    return error_response(422, "missing_field" if missing else "invalid_field", detail)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error; the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

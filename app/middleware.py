@@ -1,0 +1,119 @@
+"""The one ASGI middleware: request ids, request metrics, and the gate in front of the work endpoints.
+
+Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize and /curves it
+answers at once, before a byte of the body is read: 401 without the bearer token, 503 while draining,
+503 + Retry-After when `max_queue` requests are already in flight, 413 for a declared Content-Length over the
+limit; then it counts body bytes as they arrive (chunked uploads too) and stops the upload with 413 past the
+limit.
+"""
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ApiError, error_response
+
+if TYPE_CHECKING:
+    from .main import Service
+
+__all__ = ["ServiceMiddleware", "WORK_PATHS"]
+
+log = logging.getLogger(__name__)
+
+WORK_PATHS = ("/harmonize", "/curves")
+RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class ServiceMiddleware:
+    def __init__(self, app: ASGIApp, service: "Service"):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = Headers(scope=scope)
+        client_id = headers.get("x-request-id", "")
+        request_id = client_id if _CLIENT_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what the client saw if the app dies before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        endpoint = self.service.metrics.endpoint_label(scope["path"])
+        try:
+            if scope["path"] in WORK_PATHS and scope["method"] == "POST":
+                await self._gated(scope, receive, send_with_id, headers)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            metrics = self.service.metrics
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
+
+    async def _gated(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        service = self.service
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        service.in_flight += 1
+        try:
+            limit = service.settings.max_upload_bytes
+            received = 0
+
+            async def receive_with_limit() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
+                return message
+
+            await self.app(scope, receive_with_limit, send)
+        finally:
+            service.in_flight -= 1
+
+    def _refusal(self, headers: Headers):
+        """An error response when the request must not be taken, else None."""
+        service = self.service
+        key = service.settings.api_key
+        if key is not None and not _bearer_matches(headers.get("authorization", ""), key.get_secret_value()):
+            return error_response(401, "unauthorized", "send the API key as `Authorization: Bearer <key>`",
+                                  {"WWW-Authenticate": "Bearer"})
+        if service.draining:
+            return error_response(503, "shutting_down", "the server is shutting down; retry elsewhere",
+                                  {"Retry-After": RETRY_AFTER_S, "Connection": "close"})
+        if not service.ready:
+            return error_response(503, "not_ready", "the model is not loaded yet",
+                                  {"Retry-After": RETRY_AFTER_S})
+        if service.in_flight >= service.settings.max_queue:
+            return error_response(503, "overloaded", f"{service.in_flight} requests are in flight, the most "
+                                  f"this server queues; retry later", {"Retry-After": RETRY_AFTER_S})
+        limit = service.settings.max_upload_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return error_response(413, "payload_too_large", f"the request body ({declared} bytes) is over "
+                                  f"{limit} bytes", {"Connection": "close"})
+        return None
+
+
+def _bearer_matches(authorization: str, key: str) -> bool:
+    scheme, _, token = authorization.partition(" ")
+    # compare_digest runs in time independent of where the strings differ (needs ASCII or bytes)
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())

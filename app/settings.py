@@ -1,0 +1,57 @@
+"""One typed settings object for the service: every field is also an `S2CRNET_<NAME>` environment variable.
+
+The README's configuration table is checked against these fields by tests/test_service_readme.py.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="S2CRNET_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"  # interface to listen on (0.0.0.0 in a container)
+    port: int = Field(8000, ge=1, le=65535)
+    weights: Path | None = None  # weights file; unset or empty = the shipped default weights
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when a GPU is available, else cpu
+    max_batch_size: int = Field(8, ge=1, le=256)  # most thumbnails in one forward pass (1 = no batching)
+    max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
+    max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503
+    request_timeout_s: float = Field(30.0, gt=0)  # deadline once the upload is read; past it → 504
+    drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, the longest wait for accepted requests
+    max_upload_bytes: int = Field(64 * MIB, ge=1024)  # largest request body, counted while reading it
+    max_pixels: int = Field(50_000_000, ge=1)  # largest width × height, read from the image header
+    png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
+    default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
+    worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
+    api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_weights_is_default(cls, value):
+        return None if value in ("", None) else value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_must_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"weights file {value} does not exist")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value):
+        return None if value in ("", None) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value):
+        return value.lower() if isinstance(value, str) else value
