@@ -275,6 +275,7 @@ def test_compose_prometheus_and_grafana_wiring():
 
 # --- Kubernetes ---------------------------------------------------------------------------------------------
 
+_QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")  # Kubernetes resource quantities
 REQUIRED = {"Deployment": "apps/v1", "Service": "v1", "HorizontalPodAutoscaler": "autoscaling/v2",
             "PodDisruptionBudget": "policy/v1"}
 
@@ -305,6 +306,14 @@ def test_k8s_deployment_gpu_probes_ports_and_shutdown():
     assert resources["limits"]["nvidia.com/gpu"] == 1  # extended resources are set as limits
     assert resources["requests"].get("nvidia.com/gpu", 1) == 1 and resources["requests"]["cpu"]
 
+    for kind in ("requests", "limits"):
+        for name, quantity in resources[kind].items():
+            assert _QUANTITY.fullmatch(str(quantity)), f"resources.{kind}.{name}: bad quantity {quantity!r}"
+    for name in PROBES:
+        timing = {key: container[name][key] for key in ("periodSeconds", "timeoutSeconds",
+                                                         "failureThreshold")}
+        assert all(isinstance(v, int) and v >= 1 for v in timing.values()), (name, timing)
+        assert timing["timeoutSeconds"] <= timing["periodSeconds"], (name, timing)
     probes = {name: container[name]["httpGet"] for name in PROBES}
     assert probes["readinessProbe"]["path"] == "/readyz" and probes["livenessProbe"]["path"] == "/healthz"
     for probe in probes.values():
