@@ -1,6 +1,6 @@
 # S²CRNet harmonization service. One Dockerfile, two images:
-#   CPU  (default):  docker build -t s2crnet:cpu .
-#   CUDA (GPU host): docker build --build-arg VARIANT=cuda -t s2crnet:cuda .
+#   CPU  (default):  docker build -t s2crnet:0.1.0-cpu .
+#   CUDA (GPU host): docker build --build-arg VARIANT=cuda -t s2crnet:0.1.0-cuda .
 # Stages: base-<variant> (bare Python) → torch-<variant> (venv + PyTorch) → build (+ the project)
 #         → runtime (base-<variant> + the finished venv, non-root). BuildKit builds only the stages the
 #         chosen variant needs.
