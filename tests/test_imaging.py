@@ -1,0 +1,163 @@
+"""app.imaging in-process: format whitelist, pixel limits from the header, modes, EXIF, ICC, alpha, encode."""
+
+from io import BytesIO
+
+import numpy as np
+import pytest
+from conftest import encode, exif_bytes, real_pair
+from PIL import Image, ImageCms, ImageOps
+
+from app.errors import ApiError
+from app.imaging import decode, output_format_for
+from app.imaging import encode as encode_output
+
+LIMIT = 50_000_000
+
+
+def _error(data: bytes, max_pixels: int = LIMIT, composite: bool = True) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        decode(data, "composite", max_pixels, composite)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return real_pair(96, 64, 2)[0]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_whitelisted_formats_decode_to_rgb(photo, fmt):
+    decoded = decode(encode(photo, fmt), "composite", LIMIT, True)
+    assert decoded.image.mode == "RGB" and decoded.image.size == photo.size
+    assert decoded.format == (fmt.lower() if fmt in ("JPEG", "PNG", "WEBP") else None)
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "ICO", "PPM"])
+def test_other_formats_are_refused_with_415(photo, fmt):
+    error = _error(encode(photo, fmt))
+    assert (error.status_code, error.code) == (415, "unsupported_image")
+
+
+def test_random_bytes_and_empty_file_are_415():
+    assert _error(np.random.default_rng(0).bytes(5000)).status_code == 415
+    assert _error(b"").status_code == 415
+
+
+def test_truncated_jpeg_is_400(photo):
+    data = encode(photo, "JPEG")
+    error = _error(data[: len(data) // 2])
+    assert (error.status_code, error.code) == (400, "corrupt_image")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "TIFF"])
+def test_pixel_limit_is_checked_from_the_header(fmt):
+    # 6000×6000 of one colour compresses to a few kB: a decompression bomb with a small limit
+    params = {"compression": "tiff_deflate"} if fmt == "TIFF" else {}
+    bomb = encode(Image.new("1" if fmt != "GIF" else "P", (6000, 6000)), fmt, **params)
+    assert len(bomb) < 1_000_000
+    error = _error(bomb, max_pixels=1_000_000)
+    assert (error.status_code, error.code) == (413, "image_too_large")
+    assert "36000000" in error.detail
+
+
+def test_pillow_bomb_check_is_413_too(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow refuses above twice this
+    error = _error(encode(Image.new("L", (300, 300)), "PNG"))
+    assert (error.status_code, error.code) == (413, "image_too_large")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(photo, orientation):
+    decoded = decode(encode(photo, "JPEG", exif=exif_bytes(orientation)), "composite", LIMIT, True)
+    expected = photo.size[::-1] if orientation >= 5 else photo.size
+    assert decoded.image.size == expected
+    assert decoded.image.getexif().get(0x0112, 1) == 1  # no longer claims a rotation
+
+
+def test_exif_orientation_of_the_mask_is_applied_too():
+    mask = Image.new("L", (40, 20), 0)
+    mask.paste(255, (0, 0, 10, 20))  # the left quarter
+    decoded = decode(encode(mask, "PNG", exif=exif_bytes(6)), "mask", LIMIT, False)
+    assert decoded.image.size == (20, 40)
+    assert np.asarray(decoded.image)[:10].min() == 255  # the stored left edge is now the top
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK", "YCbCr", "I", "F", "I;16"])
+def test_composite_modes_become_rgb(photo, mode):
+    image = photo.convert("L").convert(mode) if mode in ("I", "F", "I;16") else photo.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "YCbCr", "I", "F") else "PNG"
+    decoded = decode(encode(image, fmt), "composite", LIMIT, True)
+    assert decoded.image.mode == "RGB" and decoded.image.size == photo.size
+
+
+def test_sixteen_bit_keeps_the_high_byte():
+    array = np.full((8, 8), 0xAB12, np.uint16)
+    image = Image.frombytes("I;16", (8, 8), array.tobytes())
+    decoded = decode(encode(image, "PNG"), "composite", LIMIT, True)
+    assert np.asarray(decoded.image)[0, 0].tolist() == [0xAB] * 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.convert("RGBA"),
+    lambda p: p.convert("LA"),
+    lambda p: p.convert("P", palette=Image.Palette.ADAPTIVE),
+])
+def test_alpha_and_transparency_become_rgba(photo, make):
+    image = make(photo)
+    if image.mode == "P":
+        image.info["transparency"] = 0
+    else:
+        alpha = Image.linear_gradient("L").resize(photo.size)
+        image.putalpha(alpha)
+    decoded = decode(encode(image, "PNG"), "composite", LIMIT, True)
+    assert decoded.image.mode == "RGBA"
+    assert decoded.image.getchannel("A").getextrema()[0] < 255
+
+
+def test_first_frame_of_animations_and_multipage_files(photo):
+    frames = [photo, ImageOps.invert(photo)]
+    for fmt in ("GIF", "TIFF", "WEBP"):
+        data = encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+        assert decode(data, "composite", LIMIT, True).image.size == photo.size
+
+
+def test_rgb_icc_profile_is_kept_and_others_dropped(photo):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert decode(encode(photo, "JPEG", icc_profile=srgb), "composite", LIMIT, True).icc_profile == srgb
+    grey = photo.convert("L")
+    lab_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not an RGB profile
+    assert decode(encode(grey, "JPEG", icc_profile=lab_profile), "composite", LIMIT, True).icc_profile is None
+    assert decode(encode(photo, "JPEG", icc_profile=srgb), "mask", LIMIT, False).icc_profile is None
+
+
+def test_masks_keep_their_mode_for_the_model():
+    for mode in ("L", "RGB", "RGBA", "LA", "1"):
+        mask = Image.new(mode, (16, 16))
+        assert decode(encode(mask, "PNG"), "mask", LIMIT, False).image.mode == mode
+
+
+@pytest.mark.parametrize("fmt,media", [("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp")])
+def test_encode_formats_alpha_and_icc(photo, fmt, media):
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    body, media_type = encode_output(rgba, fmt, 90, 1, srgb)
+    out = Image.open(BytesIO(bytes(body)))
+    assert media_type == media and out.format == fmt.upper() and out.size == photo.size
+    assert out.info.get("icc_profile") == srgb
+    assert out.mode == ("RGB" if fmt == "jpeg" else "RGBA")  # JPEG has no alpha
+    if fmt == "png":
+        assert np.array_equal(np.asarray(out), np.asarray(rgba))  # lossless, alpha included
+
+
+def test_png_compress_level_is_used(photo):
+    big = photo.resize((400, 300))
+    fast, _ = encode_output(big, "png", 95, 0, None)
+    small, _ = encode_output(big, "png", 95, 9, None)
+    assert len(fast) > len(small)
+
+
+def test_output_format_defaults_to_the_composites_own():
+    assert output_format_for(None, "png") == "png"
+    assert output_format_for(None, None) == "jpeg"
+    assert output_format_for("webp", "png") == "webp"
