@@ -378,12 +378,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from app.main import run  # FastAPI and uvicorn are imported only to serve
     from app.settings import Settings
 
     flags = {name: getattr(args, name) for name in ("host", "port", "weights", "device")}
-    # Flags given on the command line beat S2CRNET_* variables, which beat the defaults.
-    run(Settings(**{name: value for name, value in flags.items() if value is not None}))
+    try:
+        # Flags given on the command line beat S2CRNET_* variables, which beat the defaults.
+        settings = Settings(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors())
+        raise CliError(f"invalid settings: {problems}") from e
+    run(settings)
     return 0
 
 
