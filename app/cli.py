@@ -348,17 +348,17 @@ def _harmonize_folder(args: argparse.Namespace) -> int:
         sys.stderr.write(f"s2crnet: unpaired {_shown(path, base)}: {reason}\n")
     if not jobs and not unpaired:
         raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(composites)!r}")
-    if not args.overwrite:
-        summary.skipped = sum(job.output.exists() for job in jobs)
-        jobs = [job for job in jobs if not job.output.exists()]
+    pending = [job for job in jobs if args.overwrite or not job.output.exists()]
+    summary.skipped = len(jobs) - len(pending)
     started = time.perf_counter()
-    if jobs:
+    if pending:
         harmonizer = _load_harmonizer(args)
         _check_category(harmonizer, args.category)
-        with tqdm(total=len(jobs), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
+        started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
+        with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
                   disable=None if args.progress is None else not args.progress) as progress:
             FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
-                      base).run(jobs)
+                      base).run(pending)
     sys.stdout.write(summary.line(time.perf_counter() - started) + "\n")
     return 1 if summary.failed or summary.unpaired else 0
 
