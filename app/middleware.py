@@ -82,7 +82,8 @@ class ServiceMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
+                        raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
+                                       {"Connection": "close"})
                 return message
 
             await self.app(scope, receive_with_limit, send)
