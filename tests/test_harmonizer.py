@@ -298,6 +298,28 @@ def test_mismatched_batch_lengths_are_value_errors(shipped):
     assert shipped.predict_curves([], []) == []
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
+                                  "I;16", "I;16B", "F", "La", "RGBa"])
+def test_every_pillow_mode_is_converted_or_refused(shipped, mode):
+    mask = Image.new("L", (8, 6), 0)
+    mask.paste(255, (0, 0, 4, 6))
+    other = Image.new(mode, (8, 6))
+    for image, mask_in in ((other, mask), (Image.new("RGB", (8, 6)), other)):
+        try:
+            out = shipped.harmonize(image, mask_in)
+        except ValueError as e:
+            assert str(e)
+        else:
+            assert out.mode in ("RGB", "RGBA") and out.size == (8, 6)
+
+
+def test_tiny_images_work(shipped):
+    for shape, mask in (((1, 2), [[255, 0]]), ((2, 1), [[0], [128]])):
+        image = np.arange(np.prod(shape) * 3, dtype=np.uint8).reshape(*shape, 3)
+        out = shipped.harmonize(image, np.array(mask, np.uint8))
+        assert out.shape == (*shape, 3) and out.dtype == np.uint8
+
+
 def test_pil_masks_of_other_modes(shipped):
     image, mask = real_pair(80, 60)
     expected = np.asarray(mask)
