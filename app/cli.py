@@ -17,14 +17,19 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main"]
 
@@ -102,15 +107,21 @@ class Prepared:
 
     image: Image.Image
     mask: Image.Image
-    thumbs: object
+    thumbs: "torch.Tensor"  # (8, S, S), see model.thumbnails
     icc_profile: bytes | None
 
 
-def prepare(harmonizer, job: Job) -> Prepared:
-    image = open_upright(job.composite)
+def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
+    """Decode a composite and its mask upright; also returns the composite's ICC profile worth keeping."""
+    image = open_upright(composite)
     # An ICC profile describes the file's own colour space: it stays valid only while the pixels stay RGB.
     icc_profile = image.info.get("icc_profile") if image.mode in ("RGB", "RGBA") else None
-    mask = open_upright(job.mask)
+    return image, open_upright(mask), icc_profile
+
+
+def load_job(harmonizer, job: Job) -> Prepared:
+    """Decode, validate and thumbnail one pair (runs in a worker thread)."""
+    image, mask, icc_profile = decode_pair(job.composite, job.mask)
     image, mask, thumbs = harmonizer.prepare(image, mask)
     return Prepared(image, mask, thumbs, icc_profile)
 
@@ -142,6 +153,11 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
         if not folder.is_dir():
             raise CliError(f"--{what} {str(folder)!r} is not a folder")
     composites, masks, out_dir = composites.resolve(), masks.resolve(), out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"-o {str(out_dir)!r} is a file; folder mode writes into a folder")
+    if out_dir in (composites, masks):
+        raise CliError("the output folder must differ from the composites and masks folders: "
+                       "harmonized images would replace the inputs")
     masks_by_stem: dict[tuple[Path, str], list[Path]] = {}
     for path in _image_files(masks, recursive, exclude=[out_dir]):
         masks_by_stem.setdefault((path.parent.relative_to(masks), path.stem), []).append(path)
@@ -225,7 +241,7 @@ class FolderRun:
                     if job is None:
                         exhausted = True
                     else:
-                        decoding.append((job, self.pool.submit(prepare, self.harmonizer, job)))
+                        decoding.append((job, self.pool.submit(load_job, self.harmonizer, job)))
                 while saving and saving[0][1].done():
                     self._finish_save(*saving.popleft())
                 # 2. take the next decoded image, in order
@@ -321,14 +337,16 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
 
 def _harmonize_one(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    output_format(output)  # fail on a bad extension before loading anything
+    # Bad extensions and unreadable files fail at once, before the model's slow load.
+    output_format(output)
+    image, mask, icc_profile = decode_pair(Path(args.composite), Path(args.mask))
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
-    prepared = prepare(harmonizer, Job(Path(args.composite), Path(args.mask), output))
-    (curves,) = harmonizer.curves_from_thumbnails([prepared.thumbs], [args.category])
-    image = harmonizer.render(prepared.image, prepared.mask, curves)
+    image, mask, thumbs = harmonizer.prepare(image, mask)
+    (curves,) = harmonizer.curves_from_thumbnails([thumbs], [args.category])
+    image = harmonizer.render(image, mask, curves)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image, output, args.quality, prepared.icc_profile)
+    save_image(image, output, args.quality, icc_profile)
     if args.curves:
         info = harmonizer.info()
         document = {**curves.to_dict(), "model": info["backbone"], "weights_sha256": info["sha256"]}
@@ -503,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The user's own files: Pillow's warning for images over ~89 MP is noise here (over 179 MP still fails).
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
     logging.basicConfig(level=logging.WARNING if quiet_by_default and not args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -216,6 +216,7 @@ def pair_files(tmp_path) -> tuple[Path, Path]:
     ("empty mask", "the mask selects nothing"),
     ("folder that does not exist", "is not a folder"),
     ("folder without masks", "folder mode takes --composites DIR and --masks DIR"),
+    ("output folder is an input folder", "the output folder must differ"),
 ])
 def test_errors_are_one_line_without_traceback(tmp_path, pair_files, case, words):
     composite, mask = pair_files
@@ -233,6 +234,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, pair_files, case, words
         "empty mask": [composite, black, "-o", out],
         "folder that does not exist": ["--composites", tmp_path / "no", "--masks", tmp_path, "-o", tmp_path],
         "folder without masks": ["--composites", tmp_path, "-o", tmp_path / "o"],
+        "output folder is an input folder": ["--composites", tmp_path, "--masks", tmp_path, "-o", tmp_path],
     }[case]
 
     result = run_cli("harmonize", *args)
