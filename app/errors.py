@@ -35,6 +35,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "shutting_down": (503, "the server is draining before exit; retry on another replica"),
     "not_ready": (503, "the model is not loaded and warmed up yet"),
     "timeout": (504, "the request took longer than `request_timeout_s`"),
+    "client_closed": (499, "(metrics only) the client disconnected; its work was abandoned"),
     "internal_error": (500, "a bug: never expected; the log has the details"),
 }
 
