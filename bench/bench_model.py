@@ -155,10 +155,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped one)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default %(default)s)")
     parser.add_argument("--probe", choices=PROBES, help=argparse.SUPPRESS)
     parser.add_argument("--side", type=int, default=MEMORY_SIDE, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     if args.probe:
         sys.stdout.write(json.dumps(memory_probe(args.probe, args.side)) + "\n")
         return
@@ -166,7 +167,7 @@ def main() -> None:
     h = Harmonizer.load(args.weights, device="cpu")
     out = sys.stdout.write
     out(f"S2CRNet model core benchmark: {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} ({THREADS} threads), Pillow {Image.__version__}\n")
+        f"torch {torch.__version__} ({args.threads} threads), Pillow {Image.__version__}\n")
     out(f"model: {h.config.backbone}, thumb {h.config.thumb}, {h.config.stages} stages, "
         f"{h.num_parameters() / 1e6:.3f} M parameters\n")
     # Other work on the machine (e.g. a training run) inflates every figure: print the load beside them.

@@ -23,7 +23,8 @@ NormLayer = type[nn.Module] | None
 _REGISTRY: dict[str, Callable[[NormLayer], nn.Module]] = {}
 
 
-def conv_block(in_ch: int, out_ch: int, kernel: int, norm_layer: NormLayer, stride: int = 1, padding: int = 0):
+def conv_block(in_ch: int, out_ch: int, kernel: int, norm_layer: NormLayer, stride: int = 1,
+               padding: int = 0) -> nn.Sequential:
     layers = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=norm_layer is None)]
     if norm_layer is not None:
         layers.append(norm_layer(out_ch))

@@ -24,7 +24,8 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.thumb < 32 or self.pieces < 2 or self.stages < 1:
-            raise ValueError(f"invalid model config: thumb={self.thumb}, pieces={self.pieces}, stages={self.stages}")
+            raise ValueError(f"invalid model config: thumb={self.thumb}, pieces={self.pieces}, "
+                             f"stages={self.stages}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
         if UNKNOWN not in self.categories:
@@ -45,5 +46,5 @@ class ModelConfig:
         return cls(**d)
 
 
-# The network exactly as the paper describes it: no normalisation layers, no colour statistics, 256² thumbnails.
+# The network exactly as the paper describes it: no normalisation layers, no colour statistics, 256² thumbs.
 PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False)

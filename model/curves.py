@@ -1,8 +1,8 @@
-"""Piecewise-linear colour curves: parameters → knots, the differentiable tensor path, 8-bit LUTs and rendering.
+"""Piecewise-linear colour curves: parameters → knots, the differentiable tensor path, 8-bit LUTs, rendering.
 
-A curve with L pieces and positive weights p_i is y(x) = (L / Σp) · Σ_i clamp(x − i/L, 0, 1/L) · p_i, which is
-the straight line through the knots (i/L, Σ_{j<i} p_j / Σp). The network predicts log-weights; p = exp(z) keeps
-every curve monotone with y(0) = 0 and y(1) = 1, and clamping z bounds the normaliser away from zero.
+A curve with L pieces and positive weights p_i is y(x) = (L / Σp) · Σ_i clamp(x − i/L, 0, 1/L) · p_i, which
+is the straight line through the knots (i/L, Σ_{j<i} p_j / Σp). The network predicts log-weights; p = exp(z)
+keeps every curve monotone with y(0) = 0 and y(1) = 1, and clamping z bounds the normaliser away from zero.
 Cascaded stages compose: C(x) = c_S(…c_2(c_1(x))), and the mask blends once: out = x + m·(C(x) − x).
 """
 
@@ -16,8 +16,8 @@ __all__ = ["Curves", "apply_curves", "curve_knots", "render", "render_tensor", "
 
 MAX_LOG_SLOPE = 6.0  # |log p| bound: slopes within e^±12 of each other, normaliser ≥ L·e^-6
 LEVELS = np.arange(256, dtype=np.float64) / 255.0
-# Pixels per render strip: large enough that per-call overhead vanishes, small enough to stay in cache and to keep
-# the render's temporaries a sliver of a big image (a whole-box crop + its curved copy were 2 extra copies).
+# Pixels per render strip: large enough that per-call overhead vanishes, small enough to stay in cache and
+# to keep the render's temporaries a sliver of a big image (a whole-box crop + its curved copy were 2 copies).
 RENDER_STRIP_PIXELS = 1 << 18
 
 

@@ -1,4 +1,4 @@
-"""Harmonizer: the one seam between the S²CRNet network and everything that uses it (service, CLI, evaluation).
+"""Harmonizer: the one seam between the S²CRNet network and all that uses it (service, CLI, evaluation).
 
     h = Harmonizer.load()                                   # shipped default weights
     out = h.harmonize(image, mask, category=None)           # PIL or uint8 numpy in → same kind out
@@ -174,7 +174,7 @@ class Harmonizer:
         return self.curves_from_thumbnails(thumbs, categories)
 
     def render(self, image: Image.Image, mask: Image.Image, curves: Curves) -> Image.Image:
-        """Full-resolution render in place (image: RGB/RGBA, mask: L). On a GPU model large images go there."""
+        """Full-resolution render in place (image: RGB/RGBA, mask: L); on the GPU for large images."""
         if self.device.type == "cuda" and image.width * image.height >= _GPU_RENDER_MIN_PIXELS:
             lut = torch.from_numpy(curves.lut()).to(self.device)
             pixels = torch.from_numpy(np.asarray(image)).to(self.device)

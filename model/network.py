@@ -63,8 +63,10 @@ class S2CRNet(nn.Module):
         self.category_embed = None
         if config.semantic:
             n = len(config.categories)
-            self.category_embed = nn.Sequential(nn.Linear(n, 32), nn.ReLU(inplace=True), nn.Linear(32, CATEGORY_EMBED))
-        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces) for _ in range(config.stages))
+            self.category_embed = nn.Sequential(nn.Linear(n, 32), nn.ReLU(inplace=True),
+                                                nn.Linear(32, CATEGORY_EMBED))
+        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces)
+                                  for _ in range(config.stages))
 
     def category_index(self, category: str | None) -> int:
         category = UNKNOWN if category is None else category
@@ -96,7 +98,7 @@ class S2CRNet(nn.Module):
         return curve_knots(log_slopes)
 
     def forward(self, thumbs, images, masks, categories=None) -> list[torch.Tensor]:
-        """Training path: curves applied to images (B, 3, H, W) under masks (B, 1, H, W), one output per stage."""
+        """Training path: curves on images (B, 3, H, W) under masks (B, 1, H, W); one output per stage."""
         knots = self.forward_head(*self.forward_features(thumbs), categories)
         return apply_curves(images, masks, knots)
 

@@ -19,13 +19,14 @@ _REDUCING_GAP = 2.0  # lets Pillow box-reduce huge images before the antialiased
 def _resize(im: Image.Image, size: int, box=None) -> np.ndarray:
     if im.mode == "RGBA":
         # Pillow premultiplies RGBA through a full-size copy before any filtered resize (1 s and +1 image at
-        # 8192²). One band at a time costs a quarter image and gives exactly the RGB thumbnail (alpha ignored).
+        # 8192²). One band at a time costs a quarter image and gives exactly the RGB thumbnail (alpha is
+        # ignored, as by the render's curves).
         return np.stack([_resize(im.getchannel(band), size, box) for band in "RGB"], -1)
     return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=_REDUCING_GAP))
 
 
 def make_thumbnails(image: Image.Image, mask: Image.Image, size: int) -> torch.Tensor:
-    """image: RGB/RGBA, mask: L of the same size with at least one non-zero pixel → (8, size, size) float32."""
+    """image: RGB/RGBA, mask: L of the same size, at least one non-zero pixel → (8, size, size) float32."""
     box = mask.getbbox()
     if box is None:
         raise ValueError("the mask selects nothing: it needs at least one non-zero pixel")
