@@ -226,7 +226,7 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 413, 415, 422, 503, 504)}
+_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 408, 413, 415, 422, 503, 504)}
 # For the docs only: the middleware checks the key, before the body is read.
 _bearer = HTTPBearer(auto_error=False, description="Only when S2CRNET_API_KEY is set")
 CompositeFile = Annotated[UploadFile, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]

@@ -7,6 +7,7 @@ limit; then it counts body bytes as they arrive (chunked uploads too) and stops 
 limit.
 """
 
+import asyncio
 import hmac
 import logging
 import re
@@ -74,13 +75,24 @@ class ServiceMiddleware:
         service.in_flight += 1
         try:
             limit = service.settings.max_upload_bytes
+            upload_timeout = service.settings.request_timeout_s
+            upload_deadline = time.monotonic() + upload_timeout
             received = 0
+            body_done = False
 
             async def receive_with_limit() -> Message:
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done
+                if body_done:  # later receives only wait for a disconnect: no deadline on those
+                    return await receive()
+                try:
+                    async with asyncio.timeout_at(_loop_time(upload_deadline)):
+                        message = await receive()
+                except TimeoutError:  # a client that trickles its upload must not hold a slot forever
+                    raise ApiError(408, "upload_timeout", f"the upload took longer than {upload_timeout} s",
+                                   {"Connection": "close"}) from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
+                    body_done = not message.get("more_body", False)
                     if received > limit:
                         raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
                                        {"Connection": "close"})
@@ -112,6 +124,11 @@ class ServiceMiddleware:
             return error_response(413, "payload_too_large", f"the request body ({declared} bytes) is over "
                                   f"{limit} bytes", {"Connection": "close"})
         return None
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A time.monotonic() deadline on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
 
 
 def _bearer_matches(authorization: str, key: str) -> bool:

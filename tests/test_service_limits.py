@@ -133,6 +133,11 @@ def test_request_past_its_deadline_is_504():
         response = post_image(handle.url, encode(composite, "JPEG"), encode(mask, "PNG"))
         assert response.status_code == 504 and response.json()["code"] == "timeout"
         assert httpx.get(handle.url + "/healthz").status_code == 200
+        # an upload that never finishes holds its slot only until the deadline
+        head = ("POST /harmonize HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        answer = _raw_request(handle.url, head)
+        assert answer.startswith(b"HTTP/1.1 408") and b'"upload_timeout"' in answer
         time.sleep(0.5)  # the abandoned work finishes its current stage, then the gauge is back at 0
         assert "\ns2crnet_in_flight_requests 0.0\n" in httpx.get(handle.url + "/metrics").text
     finally:
