@@ -47,6 +47,12 @@ def test_the_right_key_gets_in(guarded, small_pair, endpoint):
     assert post_image(guarded.url, *small_pair, endpoint=endpoint, headers=_auth()).status_code == 200
 
 
+def test_openapi_declares_the_bearer_token(guarded):
+    spec = httpx.get(guarded.url + "/openapi.json").json()
+    for path in ("/harmonize", "/curves"):
+        assert spec["paths"][path]["post"]["security"] == [{"HTTPBearer": []}]
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/info", "/openapi.json"])
 def test_health_info_and_metrics_stay_open(guarded, path):
     assert httpx.get(guarded.url + path).status_code == 200
