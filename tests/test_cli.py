@@ -7,8 +7,10 @@ what the shipped weights predict.
 
 import hashlib
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -318,6 +320,33 @@ def test_folder_resume_skips_existing_outputs(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(stamps)  # nothing left half-written
     redone = run_cli(*command, "--overwrite")
     assert redone.returncode == 0 and summary_counts(redone) == (3, 0, 0, 0), redone.stderr
+
+
+def test_folder_interrupted_then_resumed(tmp_path):
+    composites, masks, out = tmp_path / "composites", tmp_path / "masks", tmp_path / "out"
+    count = 30
+    for i in range(count):
+        write_pair(composites, masks, i, f"c{i:02d}.jpg", f"c{i:02d}.png", size=(320, 240))
+    command = [str(S2CRNET), "harmonize", "--composites", str(composites), "--masks", str(masks),
+               "-o", str(out), "--progress", "--batch-size", "2"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while not re.search(rb"[1-9]\d*/%d \[" % count, seen):  # interrupt once the first images are done
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"the run ended before it could be interrupted: {seen.decode(errors='replace')}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    stderr = (seen + stderr).decode(errors="replace")
+
+    assert process.returncode == 130, stderr
+    assert "s2crnet: interrupted" in stderr and "Traceback" not in stderr
+    done = sorted(p.name for p in out.iterdir())
+    assert 0 < len(done) < count and all(name.endswith(".jpg") for name in done), "no partial files"
+    resumed = run_cli("harmonize", "--composites", composites, "--masks", masks, "-o", out)
+    assert resumed.returncode == 0 and summary_counts(resumed) == (count - len(done), len(done), 0, 0)
+    for path in out.iterdir():
+        assert Image.open(path).size == (320, 240)
 
 
 def test_folder_recursive_mirrors_sub_folders(tmp_path):
