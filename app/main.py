@@ -95,6 +95,7 @@ def _start(service: Service) -> None:
     """Load the weights, warm up (a forward pass at batch 1 and at full batch, a render), then go ready."""
     settings = service.settings
     Image.MAX_IMAGE_PIXELS = settings.max_pixels  # Pillow's own bomb check: a second fence behind ours
+    torch.set_num_threads(settings.torch_threads)
     harmonizer = Harmonizer.load(settings.weights, settings.device)
     service.harmonizer = harmonizer
     service.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="s2crnet-work")

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
+    # PyTorch intra-op threads. 1: requests already run in parallel on the worker threads, and OpenMP threads
+    # spinning for a 128² forward pass slow everything else down on a small CPU (see the README figures).
+    torch_threads: int = Field(1, ge=1, le=256)
     api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
