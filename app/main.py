@@ -193,7 +193,11 @@ async def _curves_for(service: Service, timings: dict, composite: UploadFile, ma
         with service.stage(timings, "decode"):  # both at once: Pillow decodes without holding the GIL
             decoded_composite, decoded_mask = await asyncio.gather(
                 service.run_blocking(imaging.decode, composite.file, "composite", max_pixels, True),
-                service.run_blocking(imaging.decode, mask.file, "mask", max_pixels, False))
+                service.run_blocking(imaging.decode, mask.file, "mask", max_pixels, False),
+                return_exceptions=True)
+        for outcome in (decoded_composite, decoded_mask):  # both bad: the composite's error, every time
+            if isinstance(outcome, BaseException):
+                raise outcome
         width, height = decoded_composite.image.size
         service.metrics.megapixels.observe(width * height / 1e6)
         with service.stage(timings, "thumbnail"):
