@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -109,13 +110,15 @@ def start_server(env: dict | None = None, args: list[str] | None = None, *, host
                  ready_timeout: float = 120.0, wait_ready: bool = True) -> ServerHandle:
     """Start the server in a subprocess on a free port of `host` and (by default) wait until /readyz is 200.
 
-    env: extra environment variables (on top of os.environ, S2CRNET_HOST and S2CRNET_PORT).
+    env: extra environment variables (on top of os.environ without its S2CRNET_* variables, so a developer's
+    shell cannot change the tests, plus S2CRNET_HOST and S2CRNET_PORT).
     args: the command line (default `python -m app`); "{host}" and "{port}" in it are replaced.
     The caller stops it (`handle.stop()`); a failed start raises RuntimeError with the server's logs.
     """
     port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("S2CRNET_")}
     full_env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         "S2CRNET_HOST": host,
@@ -128,9 +131,18 @@ def start_server(env: dict | None = None, args: list[str] | None = None, *, host
                                stdin=subprocess.DEVNULL)
     os.close(log_fd)
     handle = ServerHandle(f"http://{host}:{port}", port, process, Path(log_name), command)
+    weakref.finalize(handle, _clean_up, process, Path(log_name))  # at the latest when pytest exits
     if wait_ready:
         handle.wait_ready(ready_timeout)
     return handle
+
+
+def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
+    """No server outlives its test session, and no log file stays behind in /tmp."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
