@@ -1,0 +1,323 @@
+"""Training data: real photos recoloured on the fly, and an iHarmony4-format reader.
+
+A training pair is (composite, real, mask): the real photo, and the same photo with its masked object recoloured
+the way iHarmony4 was built — colour-statistics transfer toward another photo's object or region (Lab or RGB),
+retouching (exposure, white balance, gamma, contrast, saturation, vibrance, tone curves, mild hue shifts), or a
+combination — plus a share of untouched pairs, so the network also learns to leave harmonious images alone.
+Every sample is a pure function of (seed, index), which makes training resumable exactly.
+"""
+
+import csv
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage import color
+
+from .config import UNKNOWN
+from .thumbnails import make_thumbnails
+
+__all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "read_iharmony_split",
+           "recolour", "IHARMONY_LABELS"]
+
+VAL_PERCENT = 10
+UNTOUCHED_SHARE = 0.1
+# iHarmony4 labels.txt classes as the S²CRNet authors use them → our category names
+IHARMONY_LABELS = {"person": "person", "animal": "animal", "food": "other", "others": "other"}
+Array = np.ndarray
+
+
+def is_validation(photo_id: str) -> bool:
+    """A fixed ~10% of photos, by a stable hash of the id: never trained on."""
+    return int(hashlib.sha1(photo_id.encode()).hexdigest(), 16) % 100 < VAL_PERCENT
+
+
+@dataclass
+class Pair:
+    composite: Array  # H, W, 3 uint8
+    real: Array  # H, W, 3 uint8
+    mask: Array  # H, W uint8
+    category: str
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recolouring: each op maps float RGB (H, W, 3) in [0, 1] to the same, drawn from an rng
+def _luma(x: Array) -> Array:
+    return x @ np.array([0.299, 0.587, 0.114], dtype=x.dtype)
+
+
+def _exposure(rng, x, **_):
+    return x * 2.0 ** rng.uniform(-1.0, 1.0)
+
+
+def _white_balance(rng, x, **_):
+    gains = np.exp(rng.normal(0, 0.12, 3))
+    return x * (gains / (gains @ [0.299, 0.587, 0.114]))
+
+
+def _gamma(rng, x, **_):
+    return np.clip(x, 0, 1) ** np.exp(rng.uniform(-0.45, 0.45))
+
+
+def _contrast(rng, x, mask, **_):
+    mean = x[mask > 0.5].mean(0) if (mask > 0.5).any() else x.mean((0, 1))
+    return (x - mean) * rng.uniform(0.65, 1.45) + mean
+
+
+def _saturation(rng, x, **_):
+    luma = _luma(x)[..., None]
+    return luma + (x - luma) * rng.uniform(0.45, 1.6)
+
+
+def _vibrance(rng, x, **_):
+    luma = _luma(x)[..., None]
+    saturation = np.clip(x.max(-1, keepdims=True) - x.min(-1, keepdims=True), 0, 1)
+    return luma + (x - luma) * (1 + rng.uniform(-0.6, 0.8) * (1 - saturation))
+
+
+def _tone_curve(rng, x, **_):
+    """A random monotone curve through 6 knots, shared by the channels or one per channel."""
+    grid = np.linspace(0, 1, 6)
+    per_channel = rng.random() < 0.5
+    out = np.empty_like(x)
+    for c in range(3):
+        if c == 0 or per_channel:
+            steps = rng.dirichlet(np.full(5, 6.0))
+            knots = np.concatenate([[0], np.cumsum(steps)])
+        out[..., c] = np.interp(x[..., c], grid, knots)
+    return out
+
+
+def _hue_shift(rng, x, **_):
+    """Rotate chroma in YIQ by up to ±18°."""
+    yiq = color.rgb2yiq(x)
+    angle = np.deg2rad(rng.uniform(-18, 18))
+    i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
+    yiq[..., 1] = i * np.cos(angle) - q * np.sin(angle)
+    yiq[..., 2] = i * np.sin(angle) + q * np.cos(angle)
+    return color.yiq2rgb(yiq)
+
+
+RETOUCH_OPS = (_exposure, _white_balance, _gamma, _contrast, _saturation, _vibrance, _tone_curve, _hue_shift)
+
+
+def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array):
+    """Move the masked region's per-channel mean/std toward a donor region's (Lab or RGB), as iHarmony4 did."""
+    lab = rng.random() < 0.6
+    src = color.rgb2lab(x) if lab else x
+    dst = color.rgb2lab(donor) if lab else donor
+    w_src = (mask > 0.5).reshape(-1)
+    w_dst = (donor_weight > 0.5).reshape(-1)
+    if w_src.sum() < 4 or w_dst.sum() < 4:
+        return x
+    s, d = src.reshape(-1, 3)[w_src], dst.reshape(-1, 3)[w_dst]
+    mu_s, sd_s, mu_d, sd_d = s.mean(0), s.std(0) + 1e-3, d.mean(0), d.std(0) + 1e-3
+    ratio = np.clip(sd_d / sd_s, 0.5, 2.0)
+    strength = rng.uniform(0.4, 1.0)
+    moved = (src - mu_s) * ratio + mu_d
+    moved = src + strength * (moved - src)
+    if not lab:
+        return moved
+    with warnings.catch_warnings():  # out-of-gamut Lab values are clipped, which is what we want
+        warnings.simplefilter("ignore")
+        return np.clip(color.lab2rgb(moved), 0, 1)
+
+
+def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Array, Array] | None) -> Array:
+    """real: (H, W, 3) uint8, mask: (H, W) uint8 → composite uint8; pixels where mask == 0 are untouched."""
+    x = real.astype(np.float32) / 255.0
+    m = mask.astype(np.float32) / 255.0
+    draw = rng.random()
+    if draw < UNTOUCHED_SHARE:
+        return real.copy()
+    y = x
+    if draw < 0.5 and donor is not None:
+        y = _statistics_transfer(rng, y, m, *donor)
+        if rng.random() < 0.3:
+            y = RETOUCH_OPS[rng.integers(len(RETOUCH_OPS))](rng, y, mask=m)
+    else:
+        for op in rng.choice(len(RETOUCH_OPS), size=rng.integers(1, 4), replace=False):
+            y = RETOUCH_OPS[op](rng, y, mask=m)
+    y = np.clip(y, 0, 1)
+    composite = x + m[..., None] * (y - x)
+    return np.rint(composite * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources
+def _load_rgb(path: Path, max_side: int | None = None) -> Image.Image:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    if max_side and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return im
+
+
+def _load_mask(path: Path, size: tuple[int, int]) -> Image.Image:
+    with Image.open(path) as im:
+        mask = im.convert("L")
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
+
+
+class PhotoSource:
+    """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`."""
+
+    def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320):
+        manifest = Path(manifest)
+        with manifest.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
+        if not rows:
+            raise ValueError(f"no {split} photos in {manifest}")
+        root = manifest.parent
+        self.ids = [r["id"] for r in rows]
+        self.categories = [r["category"] or UNKNOWN for r in rows]
+        self.images = [np.asarray(_load_rgb(root / r["image"], max_side)) for r in rows]
+        self.masks = [np.asarray(_load_mask(root / r["mask"], (im.shape[1], im.shape[0])))
+                      for r, im in zip(rows, self.images, strict=True)]
+
+    def __len__(self):
+        return len(self.images)
+
+    def sample(self, rng: np.random.Generator, size: int) -> Pair:
+        i = int(rng.integers(len(self)))
+        real, mask = _augment(rng, self.images[i], self.masks[i], size)
+        j = int(rng.integers(len(self)))
+        donor_image, donor_mask = _augment(rng, self.images[j], self.masks[j], size)
+        # Donor region: the other photo's object, its background, or the whole photo.
+        kind = rng.integers(3)
+        weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
+        donor = (donor_image.astype(np.float32) / 255.0, weight)
+        return Pair(recolour(rng, real, mask, donor), real, mask, self.categories[i])
+
+
+def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:
+    """Random crop (keeping some of the object and some background), flip, rescale to size × size."""
+    h, w = mask.shape
+    for _ in range(10):
+        scale = rng.uniform(0.6, 1.0)
+        ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
+        y, x = rng.integers(h - ch + 1), rng.integers(w - cw + 1)
+        crop = mask[y:y + ch, x:x + cw]
+        fraction = (crop > 127).mean()
+        if 0.01 <= fraction <= 0.95:
+            break
+    else:
+        y, x, ch, cw = 0, 0, h, w
+    box = (int(x), int(y), int(x + cw), int(y + ch))
+    im = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
+    mk = Image.fromarray(mask).resize((size, size), Image.Resampling.BILINEAR, box=box)
+    im, mk = np.asarray(im), np.asarray(mk)
+    if rng.random() < 0.5:
+        im, mk = im[:, ::-1], mk[:, ::-1]
+    return np.ascontiguousarray(im), np.ascontiguousarray(mk)
+
+
+def read_iharmony_split(root: str | Path, split: str = "test") -> list[tuple[str, Path, Path, Path]]:
+    """(name, composite, mask, real) for an iHarmony4-format folder; `split` picks *_{split}.txt or test.txt."""
+    root = Path(root)
+    lists = sorted(root.glob(f"*_{split}.txt")) or sorted(root.glob(f"{split}.txt"))
+    if lists:
+        names = [line.split()[0] for f in lists for line in f.read_text().splitlines() if line.strip()]
+    else:
+        names = sorted(p.name for p in (root / "composite_images").iterdir())
+    items = []
+    for entry in names:
+        name = Path(entry).name
+        stem = Path(name).stem  # a0041_1_5 → mask a0041_1, real a0041
+        parts = stem.split("_")
+        if len(parts) < 3:
+            raise ValueError(f"{root}: composite name {name!r} does not follow iHarmony4's ID_OBJ_VARIANT naming")
+        mask = _find(root / "masks", "_".join(parts[:-1]))
+        real = _find(root / "real_images", "_".join(parts[:-2]))
+        items.append((name, root / "composite_images" / name, mask, real))
+    return items
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
+        if (folder / (stem + ext)).exists():
+            return folder / (stem + ext)
+    raise ValueError(f"missing {folder / stem}.*")
+
+
+def read_iharmony_labels(root: str | Path) -> dict[str, str]:
+    path = Path(root) / "labels.txt"
+    if not path.exists():
+        return {}
+    labels = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            labels[parts[0]] = IHARMONY_LABELS.get(parts[1], UNKNOWN)
+    return labels
+
+
+class IHarmonySource:
+    """Real iHarmony4 pairs (composite, real, mask), preloaded at max_side for training."""
+
+    def __init__(self, root: str | Path, split: str = "train", max_side: int = 320):
+        items = read_iharmony_split(root, split)
+        labels = read_iharmony_labels(root)
+        self.pairs = []
+        for name, comp, mask, real in items:
+            real_im = _load_rgb(real, max_side)
+            comp_im = _load_rgb(comp).resize(real_im.size, Image.Resampling.BILINEAR)
+            mask_im = _load_mask(mask, real_im.size)
+            self.pairs.append((np.asarray(comp_im), np.asarray(real_im), np.asarray(mask_im),
+                               labels.get(name, UNKNOWN)))
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def sample(self, rng: np.random.Generator, size: int) -> Pair:
+        comp, real, mask, category = self.pairs[int(rng.integers(len(self)))]
+        stacked = np.concatenate([comp, real], -1)  # crop both the same way
+        both, mask = _augment_pair(rng, stacked, mask, size)
+        return Pair(both[..., :3], both[..., 3:], mask, category)
+
+
+def _augment_pair(rng, stacked: Array, mask: Array, size: int):
+    halves = [_augment(np.random.default_rng(seed), part, mask, size)
+              for seed, part in zip([rng.integers(1 << 31)] * 2, (stacked[..., :3], stacked[..., 3:]), strict=True)]
+    return np.concatenate([halves[0][0], halves[1][0]], -1), halves[0][1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class HarmonyPairs(torch.utils.data.Dataset):
+    """Index → one training sample, a pure function of (seed, index) over a mix of sources."""
+
+    def __init__(self, sources: list, categories: tuple[str, ...], thumb: int, size: int, seed: int, length: int):
+        self.sources, self.categories = sources, categories
+        self.thumb, self.size, self.seed, self.length = thumb, size, seed, length
+
+    def __len__(self):
+        return self.length
+
+    def pair(self, index: int) -> Pair:
+        rng = np.random.default_rng((self.seed, index))
+        source = self.sources[int(rng.integers(len(self.sources)))]
+        return source.sample(rng, self.size)
+
+    def __getitem__(self, index: int):
+        pair = self.pair(index)
+        return to_tensors(pair, self.thumb, self.categories)
+
+
+def to_tensors(pair: Pair, thumb: int, categories: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    thumbs = make_thumbnails(Image.fromarray(pair.composite), Image.fromarray(pair.mask), thumb)
+    category = pair.category if pair.category in categories else UNKNOWN
+    return {
+        "thumbs": thumbs,  # 8, T, T
+        "composite": _to_float(pair.composite),  # 3, S, S
+        "real": _to_float(pair.real),
+        "mask": _to_float(pair.mask[..., None]),  # 1, S, S
+        "category": torch.tensor(categories.index(category)),
+    }
+
+
+def _to_float(array: Array) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / 255

@@ -1,0 +1,191 @@
+"""Evaluate harmonization the iHarmony4 way, always beside two baselines, and draw before/after sheets.
+
+    s2crnet eval ../shared/data/iharmony4_samples                 # table: ours vs do nothing vs Lab mean/std
+    s2crnet eval ../shared/data/iharmony4_samples --json          # the same as JSON (with per-image rows)
+    s2crnet eval ../shared/data/real_composites --sheet sheet.jpg # composites without ground truth: sheet only
+
+Protocol: predict at full resolution; resize composite, prediction and real to 256×256 (bicubic) and the mask
+too (thresholded at half); MSE over the image, fMSE over the foreground (Σ_fg err² / (3·N_fg)), PSNR, fPSNR
+(data range 255) and SSIM (scikit-image); "All" is the mean over images, plus one row per iHarmony4 subset.
+"""
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+from skimage import color
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+
+from .data import read_iharmony_labels, read_iharmony_split
+from .harmonizer import Harmonizer
+
+__all__ = ["add_arguments", "run", "main", "score", "lab_transfer", "find_items", "evaluate"]
+
+EVAL_SIZE = 256
+SUBSETS = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
+METHODS = ("do nothing", "Lab mean/std", "S2CRNet")
+METRICS = ("mse", "fmse", "psnr", "fpsnr", "ssim")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="iHarmony4-format folder, or a folder with images/ and masks/")
+    p.add_argument("--split", default="test", help="iHarmony4 list to read: *_SPLIT.txt or SPLIT.txt")
+    p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped weights)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--sheet", type=Path, default=None, help="write a before/after contact sheet (jpg/png)")
+    p.add_argument("--full-res", action="store_true", help="also score at full resolution")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+
+
+def score(pred: np.ndarray, real: np.ndarray, fg: np.ndarray) -> dict[str, float]:
+    """pred, real: (H, W, 3) uint8; fg: (H, W) bool → metrics on the 0–255 scale."""
+    err = (pred.astype(np.float32) - real.astype(np.float32)) ** 2
+    mse = float(err.mean())
+    fmse = float(err[fg].sum() / (3 * max(int(fg.sum()), 1)))
+    return {"mse": mse, "fmse": fmse, "psnr": _psnr(mse), "fpsnr": _psnr(fmse),
+            "ssim": float(structural_similarity(pred, real, channel_axis=2, data_range=255))}
+
+
+def _psnr(mse: float) -> float:
+    return 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+
+
+def lab_transfer(composite: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Baseline: move the foreground's per-channel Lab mean/std to the background's."""
+    if fg.all() or not fg.any():
+        return composite.copy()
+    lab = color.rgb2lab(composite)
+    src, dst = lab[fg], lab[~fg]
+    lab[fg] = (src - src.mean(0)) / (src.std(0) + 1e-6) * dst.std(0) + dst.mean(0)
+    return np.rint(np.clip(color.lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
+
+
+def find_items(root: Path, split: str = "test") -> list[dict]:
+    """Each item: name, composite, mask, real (None without ground truth), category."""
+    if (root / "composite_images").is_dir():
+        labels = read_iharmony_labels(root)
+        return [{"name": n, "composite": c, "mask": m, "real": r, "category": labels.get(n)}
+                for n, c, m, r in read_iharmony_split(root, split)]
+    images, masks = root / "images", root / "masks"
+    if not (images.is_dir() and masks.is_dir()):
+        raise ValueError(f"{root} is neither an iHarmony4 folder (composite_images/, masks/, real_images/) "
+                         f"nor a folder with images/ and masks/")
+    by_stem = {p.stem: p for p in masks.iterdir()}
+    return [{"name": p.name, "composite": p, "mask": by_stem[p.stem], "real": None, "category": None}
+            for p in sorted(images.iterdir()) if p.stem in by_stem]
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert(mode)
+
+
+def _small(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.resize((EVAL_SIZE, EVAL_SIZE), Image.Resampling.BICUBIC))
+
+
+def evaluate(harmonizer: Harmonizer, items: list[dict], full_res: bool = False, keep_images: bool = False):
+    """Score every item; returns (per-image rows, images for a sheet when keep_images)."""
+    rows, sheet_rows = [], []
+    semantic = harmonizer.config.semantic
+    for item in tqdm(items, desc="eval", unit="img", file=sys.stderr):
+        composite, mask = _open(item["composite"], "RGB"), _open(item["mask"], "L")
+        if mask.size != composite.size:
+            mask = mask.resize(composite.size, Image.Resampling.BILINEAR)
+        category = item["category"] if semantic and item["category"] in harmonizer.config.categories else None
+        ours = harmonizer.harmonize(composite, mask, category=category)
+        row = {"name": item["name"]}
+        if item["real"] is not None:
+            real = _open(item["real"], "RGB")
+            comp_s, ours_s, real_s = _small(composite), _small(ours), _small(real)
+            fg = _small(mask) > 127
+            for method, pred in zip(METHODS, (comp_s, lab_transfer(comp_s, fg), ours_s), strict=True):
+                row[method] = score(pred, real_s, fg)
+            if full_res:
+                fg_full = np.asarray(mask) > 127
+                row["S2CRNet full-res"] = score(np.asarray(ours), np.asarray(real), fg_full)
+                row["do nothing full-res"] = score(np.asarray(composite), np.asarray(real), fg_full)
+            rows.append(row)
+        if keep_images:
+            sheet_rows.append([composite, ours] + ([real] if item["real"] is not None else []))
+    return rows, sheet_rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean of every metric per method, for All and for each iHarmony4 subset present."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups["All"].append(row)
+        subset = SUBSETS.get(row["name"][:1])
+        if subset:
+            groups[subset].append(row)
+    summary = {}
+    for group, members in groups.items():
+        methods = [m for m in members[0] if m != "name"]
+        summary[group] = {"n": len(members), **{
+            m: {k: float(np.mean([r[m][k] for r in members])) for k in METRICS} for m in methods}}
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'subset':<11}{'n':>4}  {'method':<22}{'MSE':>9}{'fMSE':>10}{'PSNR':>8}{'fPSNR':>8}{'SSIM':>7}"]
+    for group, data in summary.items():
+        for method, m in data.items():
+            if method == "n":
+                continue
+            lines.append(f"{group:<11}{data['n']:>4}  {method:<22}{m['mse']:>9.1f}{m['fmse']:>10.1f}"
+                         f"{m['psnr']:>8.2f}{m['fpsnr']:>8.2f}{m['ssim']:>7.3f}")
+    return "\n".join(lines)
+
+
+def draw_sheet(rows: list[list[Image.Image]], path: Path, cell: int = 256) -> None:
+    """One row per image: composite | ours | real (when known), each fitted into a cell × cell box."""
+    columns = max(len(r) for r in rows)
+    header = 24
+    sheet = Image.new("RGB", (columns * cell, header + len(rows) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, title in enumerate(("composite", "S2CRNet", "real")[:columns]):
+        draw.text((i * cell + 8, 6), title, fill="black")
+    for r, images in enumerate(rows):
+        for c, im in enumerate(images):
+            thumb = ImageOps.contain(im.convert("RGB"), (cell - 4, cell - 4))
+            sheet.paste(thumb, (c * cell + 2, header + r * cell + 2))
+    sheet.save(path, quality=90)
+
+
+def run(args) -> dict:
+    items = find_items(args.dataset, args.split)[: args.limit]
+    if not items:
+        raise ValueError(f"no composites found in {args.dataset}")
+    harmonizer = Harmonizer.load(args.weights, device=args.device)
+    rows, sheet_rows = evaluate(harmonizer, items, args.full_res, keep_images=args.sheet is not None)
+    report = {"dataset": str(args.dataset), "weights": str(harmonizer.weights_path), "sha256": harmonizer.sha256,
+              "images": len(items), "summary": summarise(rows) if rows else {}, "per_image": rows}
+    if args.sheet is not None:
+        draw_sheet(sheet_rows, args.sheet)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write((format_table(report["summary"]) if rows else
+                          f"{len(items)} composites without ground truth: nothing to score") + "\n")
+        if args.sheet is not None:
+            sys.stdout.write(f"sheet written to {args.sheet}\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

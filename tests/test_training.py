@@ -1,0 +1,196 @@
+"""Training data, the iHarmony4 reader, the training loop (loss goes down, resume is exact) and evaluation."""
+
+import argparse
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import PHOTOS, SAMPLES
+from PIL import Image
+
+from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
+from model.data import HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
+from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
+from model.train import add_arguments, masked_l1, run
+
+
+def photo_and_mask(seed: int = 0, size: int = 64):
+    rng = np.random.default_rng(seed)
+    with Image.open(SAMPLES / "real_images" / "f1380.jpg") as im:
+        real = np.asarray(im.convert("RGB").resize((size, size)))
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4: 3 * size // 4, size // 5: size // 2] = 255
+    mask[size // 4, size // 5: size // 2] = 128  # a soft edge row
+    return rng, real, mask
+
+
+def test_recolour_changes_only_the_masked_region_and_never_the_ground_truth():
+    changed = 0
+    for seed in range(40):
+        rng, real, mask = photo_and_mask(seed)
+        before = real.copy()
+        donor = (np.random.default_rng(seed + 100).random((64, 64, 3), dtype=np.float32), np.full((64, 64), 255))
+        composite = recolour(rng, real, mask, donor)
+        assert np.array_equal(real, before), "the ground truth was modified"
+        assert composite.dtype == np.uint8 and composite.shape == real.shape
+        assert np.array_equal(composite[mask == 0], real[mask == 0])
+        changed += int(np.abs(composite.astype(int) - real).max() > 3)
+    # Most pairs are recoloured, a share stays untouched so the model learns to leave harmony alone.
+    assert 25 <= changed <= 39
+
+
+def test_validation_split_is_stable_and_about_ten_percent():
+    with (PHOTOS / "manifest.csv").open(newline="") as f:
+        ids = [row["id"] for row in csv.DictReader(f)]
+    val = [i for i in ids if is_validation(i)]
+    assert 0.07 < len(val) / len(ids) < 0.13
+    assert val == [i for i in ids if is_validation(i)]
+
+
+def tiny_manifest(tmp_path, n: int = 12):
+    """A manifest of small crops of the real shared photos, so data loading takes milliseconds."""
+    with (PHOTOS / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    (tmp_path / "img").mkdir()
+    for row in rows:
+        stem = row["id"].replace("/", "_")
+        with Image.open(PHOTOS / row["image"]) as im:
+            im.convert("RGB").resize((64, 64)).save(tmp_path / "img" / f"{stem}.jpg")
+        with Image.open(PHOTOS / row["mask"]) as im:
+            im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
+        row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
+        row["id"] = f"tiny/{stem}"
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_photo_source_splits_are_disjoint(tmp_path):
+    manifest = tiny_manifest(tmp_path, 60)
+    train, val = PhotoSource(manifest, "train"), PhotoSource(manifest, "val")
+    assert len(train) + len(val) == 60 and not set(train.ids) & set(val.ids)
+    assert all(not is_validation(i) for i in train.ids)
+
+
+def test_samples_are_a_pure_function_of_seed_and_index(tmp_path):
+    source = PhotoSource(tiny_manifest(tmp_path), "train")
+    pairs = HarmonyPairs([source], CATEGORIES, 32, 48, seed=3, length=10)
+    a, b = pairs[4], pairs[4]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["thumbs"].shape == (8, 32, 32) and a["composite"].shape == (3, 48, 48) and a["mask"].shape == (1, 48, 48)
+    assert not torch.equal(pairs[5]["real"], a["real"])
+
+
+def make_iharmony_fixture(root, n: int = 3):
+    for sub in ("composite_images", "masks", "real_images"):
+        (root / sub).mkdir(parents=True)
+    names = []
+    for i in range(n):
+        _, real, mask = photo_and_mask(i, 48)
+        composite = real.copy()
+        composite[mask > 0] = np.clip(composite[mask > 0].astype(int) + 40, 0, 255)
+        Image.fromarray(real).save(root / "real_images" / f"a{i:04d}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"a{i:04d}_1.png")
+        Image.fromarray(composite).save(root / "composite_images" / f"a{i:04d}_1_{i + 1}.jpg")
+        names.append(f"a{i:04d}_1_{i + 1}.jpg")
+    (root / "IHD_test.txt").write_text("\n".join(names) + "\n")
+    (root / "labels.txt").write_text(f"{names[0]} person 0\n")
+    return names
+
+
+def test_iharmony_reader_pairs_composites_masks_and_reals(tmp_path):
+    names = make_iharmony_fixture(tmp_path)
+    items = read_iharmony_split(tmp_path, "test")
+    assert [i[0] for i in items] == names
+    name, composite, mask, real = items[1]
+    assert composite.name == "a0001_1_2.jpg" and mask.name == "a0001_1.png" and real.name == "a0001.jpg"
+    found = find_items(tmp_path)
+    assert found[0]["category"] == "person" and found[1]["category"] is None
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    net = S2CRNet(ModelConfig(thumb=32))
+    images = torch.rand(4, 3, 32, 32)
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[:, :, 8:24, 8:24] = 1
+    composite = images.clone()
+    composite[:, 0] = images[:, 0] + masks[:, 0] * (images[:, 0] ** 0.5 - images[:, 0])  # brighten red inside
+    thumbs = torch.cat([composite, masks, composite, masks], 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = sum(masked_l1(o, images, masks) for o in net(thumbs, composite, masks))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def train_args(tmp_path, manifest, *extra):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([
+        "--photos", str(manifest), "--thumb", "32", "--size", "48", "--batch-size", "4", "--steps", "6",
+        "--warmup", "2", "--val-every", "3", "--val-samples", "4", "--workers", "0", "--threads", "1",
+        "--device", "cpu",
+        "--out", str(tmp_path / "best.pt"), "--run-dir", str(tmp_path / "run"), *extra])
+
+
+def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
+    manifest = tiny_manifest(tmp_path, 40)
+    run(train_args(tmp_path / "straight", manifest))
+    straight = torch.load(tmp_path / "straight" / "run" / "last.pt", weights_only=True)
+
+    # The same run, stopped after 3 steps (a 0-minute budget stops at the first step boundary) and resumed.
+    interrupted = train_args(tmp_path / "resumed", manifest, "--max-minutes", "0")
+    run(interrupted)
+    assert torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)["step"] == 1
+    run(train_args(tmp_path / "resumed", manifest, "--resume"))
+    resumed = torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)
+    assert resumed["step"] == straight["step"] == 6
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+    h = Harmonizer.load(tmp_path / "straight" / "best.pt", device="cpu")
+    assert h.config.thumb == 32 and h.meta["trained_steps"] > 0
+
+
+def test_metrics_match_hand_computed_values():
+    real = np.full((16, 16, 3), 100, np.uint8)
+    pred = real.copy()
+    fg = np.zeros((16, 16), bool)
+    fg[:4] = True  # a quarter of the image
+    pred[fg] += 10
+    m = score(pred, real, fg)
+    assert m["mse"] == pytest.approx(100 / 4)
+    assert m["fmse"] == pytest.approx(100)
+    assert m["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 25))
+    assert m["fpsnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    assert score(real, real, fg)["ssim"] == pytest.approx(1.0)
+
+
+def test_lab_transfer_moves_foreground_statistics_to_the_background():
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, (32, 32, 3)).astype(np.uint8)
+    fg = np.zeros((32, 32), bool)
+    fg[8:24, 8:24] = True
+    image[fg] = np.clip(image[fg].astype(int) + 80, 0, 255)
+    out = lab_transfer(image, fg)
+    assert np.array_equal(out[~fg].astype(int), image[~fg].astype(int)) or np.abs(
+        out[~fg].astype(int) - image[~fg]).max() <= 1
+    assert abs(out[fg].mean() - image[~fg].mean()) < abs(image[fg].mean() - image[~fg].mean()) / 4
+
+
+def test_shipped_weights_beat_doing_nothing_on_the_shared_samples():
+    rows, _ = evaluate(Harmonizer.load(device="cpu"), find_items(SAMPLES))
+    summary = summarise(rows)["All"]
+    assert summary["n"] == 10
+    assert summary["S2CRNet"]["mse"] < 0.6 * summary["do nothing"]["mse"]
+    assert summary["S2CRNet"]["fmse"] < summary["Lab mean/std"]["fmse"]
