@@ -133,10 +133,11 @@ def test_in_flight_gauge_returns_to_zero(guarded):
 
 # --- deadline -----------------------------------------------------------------------------------------------
 def test_request_past_its_deadline_is_504():
-    handle = start_server({"S2CRNET_REQUEST_TIMEOUT_S": "0.001"})
+    # A deadline that a small upload meets (else it would be 408) but a 4096² decode + render cannot.
+    handle = start_server({"S2CRNET_REQUEST_TIMEOUT_S": "0.1"})
     try:
-        composite, mask = real_pair(1024, 1024, 4)
-        response = post_image(handle.url, encode(composite, "JPEG"), encode(mask, "PNG"))
+        composite, mask = real_pair(4096, 4096, 4)
+        response = post_image(handle.url, encode(composite, "JPEG", quality=40), encode(mask, "PNG"))
         assert response.status_code == 504 and response.json()["code"] == "timeout"
         assert httpx.get(handle.url + "/healthz").status_code == 200
         # an upload that never finishes holds its slot only until the deadline
