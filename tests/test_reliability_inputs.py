@@ -1,0 +1,520 @@
+"""Hostile inputs against the real server over HTTP: every answer is 200 or a 4xx JSON error, never a 5xx.
+
+Hypothesis builds whole requests: random bytes; truncated and corrupted JPEG/PNG/WebP/TIFF/GIF/BMP; zero-size
+and 1×1 images; decompression bombs (PNG, GIF, TIFF); every Pillow mode; animated GIF and multi-page TIFF;
+EXIF orientations 1-8; masks of other sizes, all-zero, all-one, soft, RGB, with alpha; missing, duplicated and
+extra form fields; absurd quality/format/category; wrong content types; truncated multipart bodies; chunked
+bodies over the upload limit. After every batch of requests /healthz must answer; the server's peak RSS is
+reported. A schemathesis run against /openapi.json follows the same rule.
+
+    nice -n 15 .venv/bin/pytest -q tests/test_reliability_inputs.py            # fast: a few hundred requests
+    nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_inputs.py    # full: ≥ 2,000 requests
+"""
+
+import functools
+import io
+import json
+import re
+import socket
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import schemathesis
+from conftest import exif_bytes, real_pair, start_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from schemathesis import GenerationMode
+
+from app.errors import ERROR_CODES
+
+UPLOAD_LIMIT = 2 * 1024 * 1024
+MAX_PIXELS = 4_000_000
+MAX_QUEUE = 16
+WORKER_THREADS = 4
+HEALTH_EVERY = 25  # requests between /healthz checks
+CANARY = b"CANARY-7f3a9c"  # planted in uploaded bytes: no answer may echo it
+FAST_EXAMPLES, FULL_EXAMPLES = 300, 2200
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
+MODES = ("1", "L", "LA", "P", "P+transparency", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
+MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM",
+         b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"")
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    """Small limits, so bombs and oversized bodies are cheap to send."""
+    handle = start_server({"S2CRNET_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "S2CRNET_MAX_PIXELS": str(MAX_PIXELS),
+                           "S2CRNET_MAX_QUEUE": str(MAX_QUEUE), "S2CRNET_WORKER_THREADS": str(WORKER_THREADS),
+                           "S2CRNET_LOG_LEVEL": "warning"})
+    handle.categories = tuple(httpx.get(handle.url + "/info").json()["model"]["categories"])
+    yield handle
+    handle.stop()
+
+
+# --- image bytes ------------------------------------------------------------------------------------------
+def _save(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=4)
+def _real_base(index: int) -> tuple[Image.Image, Image.Image]:
+    return real_pair(64, 64, index)
+
+
+def _real_at(width: int, height: int, index: int) -> tuple[Image.Image, Image.Image]:
+    """A real composite and mask at width×height; the mask has foreground and background when it can."""
+    image, mask = _real_base(index)
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    levels = np.array(mask.resize((width, height), Image.Resampling.NEAREST))
+    if width * height >= 2:
+        levels.flat[0], levels.flat[-1] = 255, 0
+    return image, Image.fromarray(levels, "L")
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    if mode == "P+transparency":
+        image = image.convert("P")
+        image.info["transparency"] = 0
+        return image
+    if mode in ("I;16", "I", "F"):
+        return image.convert("L").convert("I").convert(mode) if mode != "I" else image.convert("L").convert("I")
+    return image.convert(mode)
+
+
+def _encode_any(image: Image.Image, fmt: str, **params) -> tuple[bytes, str]:
+    """Encode in fmt, else in a format that takes the image's mode (TIFF takes every mode here)."""
+    for candidate in (fmt, "TIFF", "PNG"):
+        try:
+            return _save(image, candidate, **params), candidate
+        except (OSError, ValueError, KeyError, TypeError):
+            params = {}  # the extras (EXIF, save_all) may be what the format refused
+    raise AssertionError(f"no format saves mode {image.mode}")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header_only(width: int, height: int, body: bytes = b"\x00" * 64) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(body))
+            + _png_chunk(b"IEND", b""))
+
+
+def _png_zlib_bomb(side: int) -> bytes:
+    """A real PNG of side² zero pixels: a few kB that would inflate to side² bytes."""
+    squeezer = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    body = b"".join(squeezer.compress(row) for _ in range(side)) + squeezer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body)
+            + _png_chunk(b"IEND", b""))
+
+
+def _gif_resized(width: int, height: int) -> bytes:
+    """A 4×4 GIF whose screen and frame claim width×height."""
+    data = bytearray(_save(Image.new("P", (4, 4)), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)
+    frame = data.index(b",")  # image descriptor: separator, left, top, width, height
+    data[frame + 5:frame + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def _tiff_header_only(width: int, height: int) -> bytes:
+    """An uncompressed 1-bit TIFF that claims width×height and holds 16 bytes of pixels."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 1), (259, 3, 1), (262, 3, 1),
+            (273, 4, 8 + 2 + 12 * 8 + 4), (277, 3, 1), (278, 4, height), (279, 4, 16)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else
+                                             struct.pack("<I", value)) for tag, kind, value in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 16
+
+
+@functools.cache
+def bombs() -> dict[str, bytes]:
+    """Huge declared sizes in tiny files (all over MAX_PIXELS), and zero-size images."""
+    return {
+        "png-header-100k²": _png_header_only(100_000, 100_000),
+        "png-zlib-3000²": _png_zlib_bomb(3000),
+        "gif-65535²": _gif_resized(65535, 65535),
+        "tiff-100k²": _tiff_header_only(100_000, 100_000),
+        "tiff-1×2^31": _tiff_header_only(1, 2**31 - 1),
+    }
+
+
+ZERO_SIZE = {"png-0×0": _png_header_only(0, 0), "gif-0×0": _gif_resized(0, 0), "tiff-0×7": _tiff_header_only(0, 7)}
+
+
+# --- requests -------------------------------------------------------------------------------------------------
+@dataclass
+class Spec:
+    """One request: multipart parts or a raw body, plus what the answer must be when it is predictable."""
+
+    endpoint: str
+    files: list = field(default_factory=list)  # (name, (filename, bytes, content type))
+    data: dict = field(default_factory=dict)
+    content_type: str = "auto"  # "auto": the multipart type httpx writes; else sent instead of it
+    raw_body: bytes | None = None  # sent as is instead of multipart
+    truncate_body_at: int | None = None
+    chunked_over_limit: int = 0  # >0: a chunked upload of this many bytes over the limit, on a raw socket
+    expect: int | None = None  # the one right status, when the request makes it certain
+    notes: list[str] = field(default_factory=list)
+
+
+@st.composite
+def mutated(draw, data: bytes) -> tuple[bytes, str]:
+    """Whole, truncated or with bytes flipped."""
+    how = draw(st.sampled_from(["whole", "whole", "truncated", "corrupted"]))
+    if how == "truncated" and len(data) > 1:
+        return data[: draw(st.integers(0, len(data) - 1))], how
+    if how == "corrupted" and data:
+        array = bytearray(data)
+        for _ in range(draw(st.integers(1, 8))):
+            array[draw(st.integers(0, len(array) - 1))] = draw(st.integers(0, 255))
+        return bytes(array), how
+    return data, "whole"
+
+
+@st.composite
+def generated_image(draw, width: int, height: int, index: int) -> tuple[bytes, str, bool]:
+    """A real crop in a drawn mode and format, maybe with EXIF, animated or multi-page, maybe broken.
+    → (bytes, description, still a well-formed image)."""
+    composite, _ = _real_at(width, height, index)
+    mode = draw(st.sampled_from(MODES))
+    image = _to_mode(composite, mode)
+    fmt = draw(st.sampled_from(FORMATS))
+    params: dict = {}
+    extra = draw(st.sampled_from(["none", "none", "exif", "frames"]))
+    if extra == "exif" and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        params["exif"] = exif_bytes(draw(st.integers(1, 8)))
+    elif extra == "frames" and fmt in ("GIF", "TIFF", "WEBP", "PNG"):
+        params.update(save_all=True, append_images=[image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)] * 2)
+    data, used = _encode_any(image, fmt, **params)
+    data, how = draw(mutated(data))
+    return data, f"{mode} {used} {extra} {how}", how == "whole"
+
+
+def hostile_bytes() -> st.SearchStrategy[bytes]:
+    return st.builds(lambda magic, body: magic + body + CANARY, st.sampled_from(MAGIC), st.binary(max_size=2048))
+
+
+@st.composite
+def composite_and_mask(draw) -> tuple[bytes, bytes, bool, str]:
+    """→ (composite bytes, mask bytes, both certain to be accepted, description)."""
+    width, height = draw(st.sampled_from([(1, 1), (1, 2), (2, 1), (7, 5), (16, 16), (33, 20), (48, 64)]))
+    index = draw(st.integers(0, 3))
+    kind = draw(st.sampled_from(["real"] * 4 + ["generated"] * 4 + ["random", "bomb", "zero", "empty"]))
+    good = False
+    if kind == "real":
+        composite = _save(_real_at(width, height, index)[0], "JPEG", quality=draw(st.integers(1, 100)))
+        good = width * height >= 2
+    elif kind == "generated":
+        composite, kind, good = draw(generated_image(width, height, index))
+        good = good and width * height >= 2 and " exif" not in kind  # EXIF 5-8 would transpose it
+    elif kind == "random":
+        composite = draw(hostile_bytes())
+    elif kind == "bomb":
+        name = draw(st.sampled_from(sorted(bombs())))
+        composite, kind = bombs()[name], name
+    elif kind == "zero":
+        name = draw(st.sampled_from(sorted(ZERO_SIZE)))
+        composite, kind = ZERO_SIZE[name], name
+    else:
+        composite = b""
+    mask_kind = draw(st.sampled_from(["good"] * 5 + ["soft", "zeros", "ones", "rgb", "rgba", "la",
+                                                     "other-size", "generated", "random", "bomb"]))
+    _, mask = _real_at(width, height, index)
+    if mask_kind == "good":
+        mask_bytes = _save(mask, "PNG")
+    elif mask_kind == "soft":
+        mask_bytes = _save(Image.fromarray((np.asarray(mask) // 2 + 40).astype(np.uint8), "L"), "PNG")
+    elif mask_kind in ("zeros", "ones"):
+        mask_bytes = _save(Image.new("L", (width, height), 0 if mask_kind == "zeros" else 255), "PNG")
+    elif mask_kind in ("rgb", "rgba", "la"):
+        mask_bytes = _save(mask.convert(mask_kind.upper()), draw(st.sampled_from(["PNG", "TIFF"])))
+    elif mask_kind == "other-size":
+        mask_bytes = _save(mask.resize((width + draw(st.integers(1, 9)), height)), "PNG")
+    elif mask_kind == "generated":
+        mask_bytes, mask_kind, _ = draw(generated_image(width, height, index))
+    elif mask_kind == "random":
+        mask_bytes = draw(hostile_bytes())
+    else:
+        mask_bytes = bombs()[draw(st.sampled_from(sorted(bombs())))]
+    good = good and mask_kind in ("good", "soft")
+    bomb = kind in bombs() and mask_kind in ("good", "soft")  # a bomb beside a good mask: 413, nothing else
+    return composite, mask_bytes, good, f"composite {kind}, mask {mask_kind}" + (" (bomb)" if bomb else "")
+
+
+def text_values() -> st.SearchStrategy[str]:
+    return st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+@st.composite
+def requests_(draw, categories: tuple[str, ...]) -> Spec:
+    endpoint = draw(st.sampled_from(["/harmonize", "/harmonize", "/curves"]))
+    spec = Spec(endpoint)
+    shape = draw(st.sampled_from(["multipart"] * 12 + ["raw", "chunked-over-limit"]))
+    if shape == "chunked-over-limit":
+        spec.chunked_over_limit = draw(st.integers(1, 256 * 1024))
+        spec.expect = 413
+        return spec
+    if shape == "raw":
+        spec.raw_body = draw(st.one_of(st.binary(max_size=4096).map(lambda b: b + CANARY),
+                                       text_values().map(lambda t: json.dumps({"composite": t}).encode())))
+        spec.content_type = draw(st.sampled_from(["application/json", "application/x-www-form-urlencoded",
+                                                  "multipart/form-data; boundary=x", "text/plain", "none"]))
+        return spec
+    composite, mask, good, description = draw(composite_and_mask())
+    spec.notes.append(description)
+    counts = {}
+    for name, payload in (("composite", composite), ("mask", mask)):
+        counts[name] = draw(st.sampled_from([1] * 12 + [0, 2]))
+        filename = draw(st.sampled_from(["x.jpg"] * 6 + ["../../etc/passwd", "/tmp/x.png", "C:\\x.bmp", "", "ü.tif"]))
+        good &= filename != ""  # a part with an empty file name is a text field (as browsers send no file)
+        for _ in range(counts[name]):
+            spec.files.append((name, (filename, payload, draw(st.sampled_from(
+                ["application/octet-stream", "image/jpeg", "text/plain", "application/json"])))))
+    fields_ok = True
+    if endpoint == "/harmonize":
+        if draw(st.booleans()):
+            value = draw(st.one_of(*[st.sampled_from(["jpeg", "png", "webp"])] * 4, st.sampled_from(
+                ["JPEG", "gif", "tiff", "cube", "", " png", "jpeg\x00"]), text_values()))
+            spec.data["format"] = value
+            fields_ok &= value in ("jpeg", "png", "webp")
+        if draw(st.booleans()):
+            value = draw(st.one_of(*[st.integers(1, 100)] * 4, st.integers(-10**30, 10**30), st.sampled_from(
+                ["0", "101", "NaN", "1e3", "95.5", "", "-1"]), text_values()))
+            spec.data["quality"] = str(value)
+            fields_ok &= isinstance(value, int) and 1 <= value <= 100
+    elif draw(st.booleans()):
+        value = draw(st.one_of(*[st.sampled_from(["json", "cube"])] * 4, st.sampled_from(["CUBE", "xml", ""]),
+                               text_values()))
+        spec.data["format"] = value
+        fields_ok &= value in ("json", "cube")
+    if draw(st.booleans()):
+        value = draw(st.one_of(*[st.sampled_from(categories)] * 4, text_values()))
+        spec.data["category"] = value
+        fields_ok &= value in categories or value == ""
+    # unknown fields are ignored; a known one changes the answer
+    for _ in range(draw(st.sampled_from([0] * 4 + [1, 2, 3]))):
+        name = draw(st.sampled_from(["extra", "x" * 300, "quality", "format", "category", "composite", "mask"]))
+        if draw(st.booleans()):
+            spec.files.append((name, ("f.bin", draw(hostile_bytes()), "application/octet-stream")))
+        else:
+            spec.data[name] = draw(text_values())
+        if name in counts:
+            counts[name] += 1
+        fields_ok &= name in ("extra", "x" * 300)
+    spec.content_type = draw(st.sampled_from(["auto"] * 16 + [
+        "multipart/form-data", "multipart/form-data; boundary=wrong", "application/x-www-form-urlencoded",
+        "application/json", "image/jpeg", "none", "multipart/form-data; boundary=\"\x7f\""]))
+    if draw(st.integers(0, 15)) == 15:  # not 0: hypothesis draws small values most often
+        spec.truncate_body_at = draw(st.integers(0, 4096))
+    well_formed = spec.content_type == "auto" and spec.truncate_body_at is None
+    counts_ok = counts["composite"] == 1 and counts["mask"] == 1
+    if well_formed and counts_ok and fields_ok and good:
+        spec.expect = 200
+    elif well_formed and counts_ok and fields_ok and "(bomb)" in description:
+        spec.expect = 413
+    return spec
+
+
+# --- sending and judging --------------------------------------------------------------------------------------
+def _send_chunked_over_limit(url: str, endpoint: str, over: int) -> tuple[int, bytes]:
+    """A chunked multipart upload of UPLOAD_LIMIT + over bytes on a raw socket; stops sending once answered."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST {endpoint} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
+    part = b'--b\r\nContent-Disposition: form-data; name="composite"; filename="c.jpg"\r\n\r\n'
+    total, chunk = UPLOAD_LIMIT + over, CANARY * 5000  # 65 kB per chunk
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        sent, deadline = 0, time.monotonic() + 30
+        sock.setblocking(False)
+        while sent < total and time.monotonic() < deadline:
+            try:
+                answer += sock.recv(65536)
+                break  # the server answered before the body ended
+            except BlockingIOError:
+                pass
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+            except (BlockingIOError, OSError):
+                time.sleep(0.001)
+        sock.setblocking(True)
+        sock.settimeout(30)
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            answer += data
+    status = re.match(rb"HTTP/1\.1 (\d{3})", answer)
+    assert status, f"no answer to a chunked upload {over} bytes over the limit: {answer[:200]!r}"
+    return int(status.group(1)), answer.partition(b"\r\n\r\n")[2]
+
+
+def _length(answer: bytes) -> int:
+    match = re.search(rb"content-length: (\d+)", answer.partition(b"\r\n\r\n")[0], re.I)
+    return int(match.group(1)) if match else 0
+
+
+def send(client: httpx.Client, url: str, spec: Spec) -> tuple[int, dict, bytes]:
+    """→ (status, headers, body)."""
+    if spec.chunked_over_limit:
+        status, body = _send_chunked_over_limit(url, spec.endpoint, spec.chunked_over_limit)
+        return status, {"content-type": "application/json"}, body
+    if spec.raw_body is not None:
+        body, auto_type = spec.raw_body, None
+    else:
+        request = httpx.Request("POST", url + spec.endpoint, files=spec.files, data=spec.data)
+        body, auto_type = request.read(), request.headers.get("content-type")
+    if spec.truncate_body_at is not None:
+        body = body[: spec.truncate_body_at]
+    headers = {}
+    if spec.content_type != "none" and (auto_type or spec.content_type != "auto"):
+        headers["content-type"] = auto_type if spec.content_type == "auto" else spec.content_type
+    response = client.post(url + spec.endpoint, content=body, headers=headers)
+    return response.status_code, response.headers, response.content
+
+
+def judge(spec: Spec, status: int, headers, body: bytes) -> None:
+    """The rule for every answer: 200 with the right content, or a 4xx JSON error that leaks nothing."""
+    context = f"{spec.endpoint} {spec.notes} content-type={spec.content_type!r} fields={list(spec.data)} → {status}"
+    assert CANARY not in body, f"the answer echoes uploaded bytes: {context}"
+    assert b"Traceback" not in body and b'File "' not in body, f"a stack trace in the answer: {context}"
+    if spec.expect is not None:
+        assert status == spec.expect, f"{context}: {body[:300]!r}"
+    if status == 200:
+        kind = headers["content-type"]
+        if spec.endpoint == "/harmonize":
+            assert kind in ("image/jpeg", "image/png", "image/webp"), context
+            Image.open(io.BytesIO(body)).load()
+        elif kind.startswith("application/json"):
+            curves = json.loads(body)
+            assert all(len(curves[c]) == 256 and 0 <= min(curves[c]) <= max(curves[c]) <= 255 for c in "rgb")
+        else:
+            assert kind.startswith("text/plain") and b"LUT_1D_SIZE 256" in body, context
+        return
+    assert 400 <= status < 500, f"{context}: {body[:300]!r}"
+    error = json.loads(body)
+    assert isinstance(error["detail"], str) and error["detail"], context
+    assert error["code"] in ERROR_CODES and ERROR_CODES[error["code"]][0] == status, context
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
+
+
+def run_hostile(server, examples: int, record_property) -> dict:
+    stats = {"requests": 0, "statuses": {}, "codes": {}, "expected_checked": 0}
+    process = psutil.Process(server.process.pid)
+    start_rss = process.memory_info().rss / 2**20
+    client = httpx.Client(timeout=60)
+
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
+              suppress_health_check=list(HealthCheck))
+    @given(spec=requests_(server.categories))
+    def exchange(spec: Spec) -> None:
+        status, headers, body = send(client, server.url, spec)
+        stats["requests"] += 1
+        stats["statuses"][status] = stats["statuses"].get(status, 0) + 1
+        stats["expected_checked"] += spec.expect is not None
+        judge(spec, status, headers, body)
+        code = json.loads(body)["code"] if status != 200 else "ok"
+        stats["codes"][code] = stats["codes"].get(code, 0) + 1
+        if stats["requests"] % HEALTH_EVERY == 0:
+            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200, "server down"
+
+    try:
+        exchange()
+    finally:
+        client.close()
+    assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+    peak = peak_rss_mb(server.process.pid)
+    # the service's own worst case: (max_queue + worker threads) × 5 bytes × max_pixels over its idle size
+    bound = start_rss + (MAX_QUEUE + WORKER_THREADS) * 5 * MAX_PIXELS / 2**20
+    stats.update(start_rss_mb=round(start_rss, 1), peak_rss_mb=round(peak, 1), rss_bound_mb=round(bound, 1))
+    for key, value in stats.items():
+        record_property(f"hostile_{key}", value)
+    server_errors = sum(n for s, n in stats["statuses"].items() if s >= 500)
+    assert server_errors == 0, stats
+    assert peak <= bound, stats
+    return stats
+
+
+def test_hostile_inputs_fast(hostile_server, record_property):
+    stats = run_hostile(hostile_server, FAST_EXAMPLES, record_property)
+    assert stats["requests"] >= FAST_EXAMPLES and stats["statuses"].get(200, 0) > 0
+
+
+@pytest.mark.slow
+def test_hostile_inputs_full(hostile_server, record_property):
+    stats = run_hostile(hostile_server, FULL_EXAMPLES, record_property)
+    assert stats["requests"] >= 2000 and stats["statuses"].get(200, 0) > 0
+
+
+@pytest.mark.parametrize("name", sorted(bombs()))
+def test_every_bomb_is_refused_from_its_header(hostile_server, name):
+    """Each bomb, beside a good mask, is a 413 at once (the pixels are never decoded)."""
+    _, mask = _real_at(16, 16, 0)
+    files = {"composite": ("b.bin", bombs()[name]), "mask": ("m.png", _save(mask, "PNG"))}
+    started = time.perf_counter()
+    response = httpx.post(hostile_server.url + "/harmonize", files=files, timeout=30)
+    assert response.status_code == 413 and response.json()["code"] == "image_too_large", response.text
+    assert time.perf_counter() - started < 10  # no 10-gigapixel decode happened (a generous bound)
+
+
+# --- OpenAPI-driven fuzzing -------------------------------------------------------------------------------------
+def run_openapi(server, examples: int, record_property) -> dict:
+    """Schemathesis cases for every operation in /openapi.json, valid and invalid ones, one request each."""
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json", timeout=30)
+    cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
+    stats = {"requests": 0, "statuses": {}}
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def exchange(case) -> None:
+        response = case.call(base_url=server.url, timeout=60)
+        status = response.status_code
+        stats["requests"] += 1
+        stats["statuses"][status] = stats["statuses"].get(status, 0) + 1
+        assert status < 500, f"{case.method} {case.path} → {status}: {response.text[:300]}"
+        assert b"Traceback" not in response.content
+        if status >= 400:
+            error = response.json()
+            assert isinstance(error["detail"], str) and error["code"] in ERROR_CODES, response.text
+        if stats["requests"] % HEALTH_EVERY == 0:
+            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200, "server down"
+
+    exchange()
+    assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+    for key, value in stats.items():
+        record_property(f"openapi_{key}", value)
+    return stats
+
+
+def test_openapi_fuzz_fast(hostile_server, record_property):
+    stats = run_openapi(hostile_server, 120, record_property)
+    assert stats["requests"] >= 120
+
+
+@pytest.mark.slow
+def test_openapi_fuzz_full(hostile_server, record_property):
+    stats = run_openapi(hostile_server, 1000, record_property)
+    assert stats["requests"] >= 1000
