@@ -1,11 +1,12 @@
 """Hostile inputs against the real server over HTTP: every answer is 200 or a 4xx JSON error, never a 5xx.
 
 Hypothesis builds whole requests: random bytes; truncated and corrupted JPEG/PNG/WebP/TIFF/GIF/BMP; zero-size
-and 1×1 images; decompression bombs (PNG, GIF, TIFF); every Pillow mode; animated GIF and multi-page TIFF;
-EXIF orientations 1-8; masks of other sizes, all-zero, all-one, soft, RGB, with alpha; missing, duplicated and
-extra form fields; absurd quality/format/category; wrong content types; truncated multipart bodies; chunked
-bodies over the upload limit. After every batch of requests /healthz must answer; the server's peak RSS is
-reported. A schemathesis run against /openapi.json follows the same rule.
+and 1×1 images; decompression bombs (huge sizes declared in PNG, GIF, TIFF, JPEG, BMP and WebP headers; PNG text
+and ICC chunks that inflate to 100 MB); every Pillow mode; animated GIF and multi-page TIFF; EXIF orientations
+1-8; masks of other sizes, all-zero, all-one, soft, RGB, with alpha; missing, duplicated and extra form fields;
+absurd quality/format/category; wrong content types; truncated multipart bodies; chunked bodies over the upload
+limit. After every batch of requests /healthz must answer; the server's peak RSS is reported. A schemathesis run
+against /openapi.json follows the same rule.
 
     nice -n 15 .venv/bin/pytest -q tests/test_reliability_inputs.py            # fast: a few hundred requests
     nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_inputs.py    # full: ≥ 2,000 requests
@@ -139,6 +140,44 @@ def _tiff_header_only(width: int, height: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 16
 
 
+def _jpeg_resized(width: int, height: int) -> bytes:
+    """An 8×8 JPEG whose frame header (SOF0) claims width×height."""
+    data = bytearray(_save(Image.new("RGB", (8, 8)), "JPEG"))
+    frame = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[frame + 5:frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _bmp_resized(width: int, height: int) -> bytes:
+    data = bytearray(_save(Image.new("RGB", (4, 4)), "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)  # BITMAPINFOHEADER width, height (negative: top-down)
+    return bytes(data)
+
+
+def _webp_resized(width: int, height: int) -> bytes:
+    """A lossy 16×16 WebP whose VP8 frame claims width×height (14 bits each)."""
+    data = bytearray(_save(Image.new("RGB", (16, 16)), "WEBP", quality=50))
+    assert data[12:16] == b"VP8 "
+    data[26:30] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def _png_text_bomb(kind: bytes) -> bytes:
+    """A valid 16×16 PNG with a zTXt or iCCP chunk that would inflate to 100 MB."""
+    squeezer = zlib.compressobj(9)
+    body = b"".join(squeezer.compress(b"\x00" * 2**20) for _ in range(100)) + squeezer.flush()
+    payload = (b"Comment\x00\x00" if kind == b"zTXt" else b"profile\x00\x00") + body
+    image = _save(Image.new("L", (16, 16), 128), "PNG")
+    end = image.index(b"IDAT") - 4
+    return image[:end] + _png_chunk(kind, payload) + image[end:]
+
+
+@functools.cache
+def chunk_bombs() -> dict[str, bytes]:
+    """Small pictures with metadata that inflates to 100 MB: Pillow stops at its text-chunk limit."""
+    return {"png-zTXt-100MB": _png_text_bomb(b"zTXt"), "png-iCCP-100MB": _png_text_bomb(b"iCCP")}
+
+
 @functools.cache
 def bombs() -> dict[str, bytes]:
     """Huge declared sizes in tiny files (all over MAX_PIXELS), and zero-size images."""
@@ -148,6 +187,10 @@ def bombs() -> dict[str, bytes]:
         "gif-65535²": _gif_resized(65535, 65535),
         "tiff-100k²": _tiff_header_only(100_000, 100_000),
         "tiff-1×2^31": _tiff_header_only(1, 2**31 - 1),
+        "jpeg-65500²": _jpeg_resized(65500, 65500),
+        "bmp-50000²": _bmp_resized(50_000, 50_000),
+        "bmp-50000²-top-down": _bmp_resized(50_000, -50_000),
+        "webp-16383²": _webp_resized(16383, 16383),
     }
 
 
@@ -221,7 +264,7 @@ def composite_and_mask(draw) -> tuple[bytes, bytes, bool, str]:
         composite, kind, good = draw(generated_image(width, height, index))
         good = good and width * height >= 2 and " exif" not in kind  # EXIF 5-8 would transpose it
     elif kind == "random":
-        composite = draw(hostile_bytes())
+        composite = draw(st.one_of(hostile_bytes(), st.sampled_from(sorted(chunk_bombs().values()))))
     elif kind == "bomb":
         name = draw(st.sampled_from(sorted(bombs())))
         composite, kind = bombs()[name], name
@@ -275,11 +318,11 @@ def requests_(draw, categories: tuple[str, ...]) -> Spec:
         return spec
     composite, mask, good, description = draw(composite_and_mask())
     spec.notes.append(description)
-    counts = {}
+    counts, named = {}, True
     for name, payload in (("composite", composite), ("mask", mask)):
         counts[name] = draw(st.sampled_from([1] * 12 + [0, 2]))
         filename = draw(st.sampled_from(["x.jpg"] * 6 + ["../../etc/passwd", "/tmp/x.png", "C:\\x.bmp", "", "ü.tif"]))
-        good &= filename != ""  # a part with an empty file name is a text field (as browsers send no file)
+        named &= filename != ""  # a part with an empty file name is a text field (as browsers send no file)
         for _ in range(counts[name]):
             spec.files.append((name, (filename, payload, draw(st.sampled_from(
                 ["application/octet-stream", "image/jpeg", "text/plain", "application/json"])))))
@@ -320,7 +363,7 @@ def requests_(draw, categories: tuple[str, ...]) -> Spec:
     if draw(st.integers(0, 15)) == 15:  # not 0: hypothesis draws small values most often
         spec.truncate_body_at = draw(st.integers(0, 4096))
     well_formed = spec.content_type == "auto" and spec.truncate_body_at is None
-    counts_ok = counts["composite"] == 1 and counts["mask"] == 1
+    counts_ok = counts["composite"] == 1 and counts["mask"] == 1 and named
     if well_formed and counts_ok and fields_ok and good:
         spec.expect = 200
     elif well_formed and counts_ok and fields_ok and "(bomb)" in description:
@@ -478,6 +521,16 @@ def test_every_bomb_is_refused_from_its_header(hostile_server, name):
     response = httpx.post(hostile_server.url + "/harmonize", files=files, timeout=30)
     assert response.status_code == 413 and response.json()["code"] == "image_too_large", response.text
     assert time.perf_counter() - started < 10  # no 10-gigapixel decode happened (a generous bound)
+
+
+@pytest.mark.parametrize("name", sorted(chunk_bombs()))
+def test_metadata_bombs_are_refused_without_inflating(hostile_server, name):
+    _, mask = _real_at(16, 16, 0)
+    files = {"composite": ("b.png", chunk_bombs()[name]), "mask": ("m.png", _save(mask, "PNG"))}
+    before = psutil.Process(hostile_server.process.pid).memory_info().rss
+    response = httpx.post(hostile_server.url + "/harmonize", files=files, timeout=30)
+    assert response.status_code in (200, 400), response.text  # the picture is fine; the metadata is dropped
+    assert psutil.Process(hostile_server.process.pid).memory_info().rss - before < 50 * 2**20
 
 
 # --- OpenAPI-driven fuzzing -------------------------------------------------------------------------------------
