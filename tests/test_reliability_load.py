@@ -90,7 +90,7 @@ class Watch:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(0.1):  # 10 scrapes a second: each one costs the server a little CPU
             values = gauges(self.url)
             self.most_queued = max(self.most_queued, values["s2crnet_queue_depth"])
             self.most_in_flight = max(self.most_in_flight, values["s2crnet_in_flight_requests"])
@@ -203,7 +203,7 @@ def run_overload(unloaded_requests: int, measure_s: float, overload_s: float, re
 
 
 def test_overload_fast(record_property):
-    run_overload(unloaded_requests=15, measure_s=3, overload_s=5, record_property=record_property)
+    run_overload(unloaded_requests=30, measure_s=3, overload_s=5, record_property=record_property)
 
 
 @pytest.mark.slow
@@ -364,7 +364,7 @@ def test_sigterm_with_16_in_flight_drains_them_all(record_property):
             handle.signal(signal.SIGTERM)
             ready = httpx.get(handle.url + "/readyz", timeout=10)
             late = post_image(handle.url, *pairs[0], timeout=30)
-            statuses = [f.result().status_code for f in futures]
+            answers = [f.result() for f in futures]
         code = handle.wait(drain_timeout + 30)
         exit_s = time.monotonic() - signalled
     finally:
@@ -372,7 +372,11 @@ def test_sigterm_with_16_in_flight_drains_them_all(record_property):
             handle.process.kill()
     record_property("sigterm_in_flight", in_flight)
     record_property("sigterm_exit_s", round(exit_s, 1))
+    record_property("sigterm_statuses", {s: sum(r.status_code == s for r in answers) for s in (200, 503)})
     assert ready.status_code == 503 and ready.json()["code"] == "shutting_down"
     assert late.status_code == 503 and late.json()["code"] == "shutting_down"
-    assert statuses == [200] * len(pairs)
+    # every request admitted before the signal (≥ in_flight of them) gets its 200; later ones are refused
+    refused = [r for r in answers if r.status_code != 200]
+    assert len(answers) - len(refused) >= in_flight
+    assert all(r.status_code == 503 and r.json()["code"] == "shutting_down" for r in refused)
     assert code == 0 and exit_s <= drain_timeout
