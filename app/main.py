@@ -253,8 +253,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.drain(settings.drain_timeout_s)  # under plain uvicorn this is the drain
             await asyncio.to_thread(_stop, service)
 
+    # redirect_slashes=False: POST /harmonize/ would get a body-less 307, which `curl -f` takes for success
     app = FastAPI(title="S²CRNet harmonization service", version=model.__version__, lifespan=lifespan,
-                  description="Recolours the masked object of a composite so it matches the background.")
+                  description="Recolours the masked object of a composite so it matches the background.",
+                  redirect_slashes=False)
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=service)

@@ -533,6 +533,22 @@ def test_metadata_bombs_are_refused_without_inflating(hostile_server, name):
     assert psutil.Process(hostile_server.process.pid).memory_info().rss - before < 50 * 2**20
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "POST"])
+@pytest.mark.parametrize("path", ["/harmonize/", "/curves/", "/HARMONIZE", "//harmonize", "/harmonize/x",
+                                  "/harmonize?format=png", "/nope", "/healthz/", "/metrics/.."])
+def test_other_methods_and_paths_get_a_json_4xx(hostile_server, method, path):
+    """No redirects (curl -f would take a body-less 307 for success) and no HTML: a JSON 4xx, or the page."""
+    _, mask = _real_at(16, 16, 0)
+    files = {"composite": ("c.jpg", _save(_real_at(16, 16, 0)[0], "JPEG")), "mask": ("m.png", _save(mask, "PNG"))}
+    response = httpx.request(method, hostile_server.url + path, files=files if method == "POST" else None,
+                             timeout=30)
+    if response.status_code == 200:  # only a path that names a real endpoint once normalised
+        assert path == "/harmonize?format=png" and method == "POST", path
+        return
+    assert 400 <= response.status_code < 500, (method, path, response.status_code)
+    assert response.json()["code"] in ("not_found", "method_not_allowed")
+
+
 # --- OpenAPI-driven fuzzing -------------------------------------------------------------------------------------
 def run_openapi(server, examples: int, record_property) -> dict:
     """Schemathesis cases for every operation in /openapi.json, valid and invalid ones, one request each."""
