@@ -549,6 +549,37 @@ def test_other_methods_and_paths_get_a_json_4xx(hostile_server, method, path):
     assert response.json()["code"] in ("not_found", "method_not_allowed")
 
 
+MALFORMED_HTTP = {
+    "garbage": b"GARBAGE\r\n\r\n",
+    "bad-length": b"POST /harmonize HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "negative-length": b"POST /harmonize HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "two-lengths": b"POST /harmonize HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    "bad-chunk": b"POST /harmonize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\nZZ\r\nabc\r\n",
+    "null-in-path": b"GET /heal\x00thz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "20MB-header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 * 2**20) + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_HTTP))
+def test_malformed_http_gets_a_4xx_and_costs_nothing(hostile_server, name):
+    """Answered by uvicorn's HTTP parser before the app (so plain text, not JSON): 400, memory unchanged."""
+    process = psutil.Process(hostile_server.process.pid)
+    before = process.memory_info().rss
+    with socket.create_connection(("127.0.0.1", hostile_server.port), timeout=30) as sock:
+        try:
+            sock.sendall(MALFORMED_HTTP[name])
+        except OSError:  # the server stopped reading: its answer is already on the way
+            pass
+        try:
+            answer = sock.recv(200)
+        except ConnectionResetError:  # the reset after a refused 20 MB header can overtake the 400
+            answer = b"reset"
+    assert re.match(rb"HTTP/1\.1 4\d\d ", answer) or answer == b"reset" and name == "20MB-header", answer
+    assert process.memory_info().rss - before < 50 * 2**20
+    assert httpx.get(hostile_server.url + "/healthz", timeout=10).status_code == 200
+
+
 # --- OpenAPI-driven fuzzing -------------------------------------------------------------------------------------
 def run_openapi(server, examples: int, record_property) -> dict:
     """Schemathesis cases for every operation in /openapi.json, valid and invalid ones, one request each."""
