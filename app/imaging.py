@@ -21,6 +21,7 @@ INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")  # what pipelines 
 # request name → (Pillow format, media type)
 OUTPUT_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_MAX_SIDE = {"jpeg": 65535, "webp": 16383}  # the formats' own limits (PNG's, 2^31, is past max_pixels)
 
 
 @dataclass
@@ -104,6 +105,10 @@ def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,
            icc_profile: bytes | None) -> tuple[memoryview, str]:
     """Encode to fmt ("jpeg", "png", "webp") → (bytes view, media type). JPEG has no alpha: it is dropped."""
     pillow_format, media_type = OUTPUT_FORMATS[fmt]
+    width, height = image.size
+    if max(width, height) > _MAX_SIDE.get(fmt, max(width, height)):
+        raise ApiError(422, "invalid_field", f"{fmt} cannot hold a {width}×{height} image (at most "
+                       f"{_MAX_SIDE[fmt]} pixels a side); ask for format=png")
     params: dict = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "jpeg":
         if image.mode != "RGB":

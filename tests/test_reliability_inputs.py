@@ -549,6 +549,20 @@ def test_other_methods_and_paths_get_a_json_4xx(hostile_server, method, path):
     assert response.json()["code"] in ("not_found", "method_not_allowed")
 
 
+@pytest.mark.parametrize("size,fmt", [((17000, 64), "webp"), ((70000, 2), "jpeg"), ((17000, 64), "png")])
+def test_output_past_the_formats_own_size_limit_is_a_422(hostile_server, size, fmt):
+    """WebP holds at most 16383 pixels a side, JPEG 65535: asking for more was a 500 from the encoder."""
+    composite, mask = _real_at(64, 64, 1)
+    composite, mask = composite.resize(size), mask.resize(size, Image.Resampling.NEAREST)
+    files = {"composite": ("c.png", _save(composite, "PNG")), "mask": ("m.png", _save(mask, "PNG"))}
+    response = httpx.post(hostile_server.url + "/harmonize", files=files, data={"format": fmt}, timeout=60)
+    if fmt == "png":
+        assert response.status_code == 200 and Image.open(io.BytesIO(response.content)).size == size
+    else:
+        assert response.status_code == 422 and response.json()["code"] == "invalid_field", response.text
+        assert "format=png" in response.json()["detail"]
+
+
 MALFORMED_HTTP = {
     "garbage": b"GARBAGE\r\n\r\n",
     "bad-length": b"POST /harmonize HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
