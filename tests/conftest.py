@@ -47,6 +47,19 @@ PHOTOS = DATA / "photos"
 DEFAULT_SERVER_ARGS = [sys.executable, "-m", "app"]  # app.main.run: uvicorn plus the drain on SIGTERM
 
 
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """In-process forward passes use one thread: two OpenMP threads wait on each other whenever other work on
+    the machine deschedules one (beside a training run that made model tests five times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -23,16 +23,6 @@ from model.harmonizer import resolve_device, save_weights, to_pil_pair
 from model.thumbnails import THUMB_CHANNELS, make_thumbnails
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small forward passes: with one thread none waits on a thread descheduled by other work on the machine
-    (beside a training run, two threads made these tests five times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shipped() -> Harmonizer:
     return Harmonizer.load(device="cpu")

@@ -23,16 +23,6 @@ OPTIONS = [
 VARIANTS = [ModelConfig(backbone=name, thumb=64, **opts) for name in list_backbones() for opts in OPTIONS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small forward passes: with one thread none waits on a thread descheduled by other work on the machine
-    (beside a training run, two threads made these tests five times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def variant_id(config: ModelConfig) -> str:
     return (f"{config.backbone}-s{config.stages}-{'sem' if config.semantic else 'nosem'}-{config.norm}"
             f"-{'stats' if config.color_stats else 'nostats'}")
