@@ -124,13 +124,13 @@ def test_training_steps_lower_the_loss():
     thumbs = torch.cat([composite, masks, composite, masks], 1)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(80):
         loss = sum(masked_l1(o, images, masks) for o in net(thumbs, composite, masks))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert min(losses[-5:]) < 0.4 * losses[0]
 
 
 def train_args(tmp_path, manifest, *extra):
