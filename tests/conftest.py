@@ -22,6 +22,7 @@ Real images (crops of the real photos in ../shared/data, never synthetic noise):
 
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+def read_http_answer(sock: socket.socket, answer: bytes = b"", timeout: float = 30.0) -> bytes:
+    """Read a raw HTTP/1.1 answer from `sock` until its head and Content-Length body are in (or EOF, timeout)."""
+    sock.setblocking(True)
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        head, separator, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.I)
+        if separator and (length is None or len(body) >= int(length.group(1))):
+            break
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        answer += data
+    return answer
 
 
 def free_port() -> int:

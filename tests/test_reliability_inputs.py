@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 import pytest
 import schemathesis
-from conftest import exif_bytes, real_pair, start_server
+from conftest import exif_bytes, read_http_answer, real_pair, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -398,24 +398,10 @@ def _send_chunked_over_limit(url: str, endpoint: str, over: int) -> tuple[int, b
                 sent += len(chunk)
             except (BlockingIOError, OSError):
                 time.sleep(0.001)
-        sock.setblocking(True)
-        sock.settimeout(30)
-        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
-            answer += data
+        answer = read_http_answer(sock, answer)
     status = re.match(rb"HTTP/1\.1 (\d{3})", answer)
     assert status, f"no answer to a chunked upload {over} bytes over the limit: {answer[:200]!r}"
     return int(status.group(1)), answer.partition(b"\r\n\r\n")[2]
-
-
-def _length(answer: bytes) -> int:
-    match = re.search(rb"content-length: (\d+)", answer.partition(b"\r\n\r\n")[0], re.I)
-    return int(match.group(1)) if match else 0
 
 
 def send(client: httpx.Client, url: str, spec: Spec) -> tuple[int, dict, bytes]:

@@ -1,7 +1,6 @@
 """Limits over real HTTP, each on a server started with its own settings: API key, body size (declared and
 chunked), pixel count, request deadline, and settings that must fail fast at start-up."""
 
-import re
 import select
 import socket
 import subprocess
@@ -10,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, encode, post_image, real_pair, start_server
+from conftest import REPO, encode, post_image, read_http_answer, real_pair, start_server
 from PIL import Image
 
 KEY = "s3cret-token"
@@ -72,22 +71,7 @@ def _raw_request(url: str, head: str, chunks: list[bytes] = (), pause: float = 0
                 sock.sendall(chunk)
             except OSError:  # the server answered and closed while we were sending
                 break
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _complete(answer):
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
-            answer += data
-        return answer
-
-
-def _complete(answer: bytes) -> bool:
-    head, separator, body = answer.partition(b"\r\n\r\n")
-    length = re.search(rb"content-length: (\d+)", head, re.I)
-    return bool(separator) and (length is None or len(body) >= int(length.group(1)))
+        return read_http_answer(sock, answer)
 
 
 def test_declared_body_over_the_limit_is_413_before_reading(guarded):
