@@ -275,15 +275,10 @@ class IHarmonySource:
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
         comp, real, mask, category = self.pairs[int(rng.integers(len(self)))]
-        stacked = np.concatenate([comp, real], -1)  # crop both the same way
-        both, mask = _augment_pair(rng, stacked, mask, size)
-        return Pair(both[..., :3], both[..., 3:], mask, category)
-
-
-def _augment_pair(rng, stacked: Array, mask: Array, size: int):
-    halves = [_augment(np.random.default_rng(seed), part, mask, size)
-              for seed, part in zip([rng.integers(1 << 31)] * 2, (stacked[..., :3], stacked[..., 3:]), strict=True)]
-    return np.concatenate([halves[0][0], halves[1][0]], -1), halves[0][1]
+        seed = int(rng.integers(1 << 31))  # the same crop and flip for the composite and its real image
+        comp, mask_out = _augment(np.random.default_rng(seed), comp, mask, size)
+        real, _ = _augment(np.random.default_rng(seed), real, mask, size)
+        return Pair(comp, real, mask_out, category)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -142,10 +142,6 @@ class Harmonizer:
                  count_parameters(net), harmonizer.device, sha256)
         return harmonizer
 
-    @classmethod
-    def untrained(cls, config: ModelConfig | None = None, device: str = "cpu") -> "Harmonizer":
-        return cls(S2CRNet(config or ModelConfig()), resolve_device(device))
-
     # --- the two halves the service's batcher calls separately -------------------------------------------
     def prepare(self, image, mask) -> tuple[Image.Image, Image.Image, torch.Tensor]:
         """Validate one input and build its thumbnails (thread-safe, no model involved)."""
