@@ -21,11 +21,12 @@ class ModelConfig:
     categories: tuple[str, ...] = field(default=CATEGORIES)  # vocabulary of the category embedding
     norm: str = "batch"  # extension: normalisation in the backbone ("batch" or "none" = the paper)
     color_stats: bool = True  # extension: per-channel colour statistics appended to each embedding
+    head_hidden: int = 0  # extension: a hidden ReLU layer of this width beside each CRM's linear maps (0 = paper)
 
     def __post_init__(self):
-        if self.thumb < 32 or self.pieces < 2 or self.stages < 1:
+        if self.thumb < 32 or self.pieces < 2 or self.stages < 1 or self.head_hidden < 0:
             raise ValueError(f"invalid model config: thumb={self.thumb}, pieces={self.pieces}, "
-                             f"stages={self.stages}")
+                             f"stages={self.stages}, head_hidden={self.head_hidden}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
         if UNKNOWN not in self.categories:

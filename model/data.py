@@ -25,7 +25,8 @@ __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validati
            "recolour", "IHARMONY_LABELS"]
 
 VAL_PERCENT = 10
-UNTOUCHED_SHARE = 0.1
+UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
+TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
 # iHarmony4 labels.txt classes as the S²CRNet authors use them → our category names
 IHARMONY_LABELS = {"person": "person", "animal": "animal", "food": "other", "others": "other"}
 Array = np.ndarray
@@ -127,15 +128,16 @@ def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array):
         return np.clip(color.lab2rgb(moved), 0, 1)
 
 
-def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Array, Array] | None) -> Array:
+def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Array, Array] | None,
+             untouched_share: float = UNTOUCHED_SHARE) -> Array:
     """real: (H, W, 3) uint8, mask: (H, W) uint8 → composite uint8; pixels where mask == 0 are untouched."""
     x = real.astype(np.float32) / 255.0
     m = mask.astype(np.float32) / 255.0
     draw = rng.random()
-    if draw < UNTOUCHED_SHARE:
+    if draw < untouched_share:
         return real.copy()
     y = x
-    if draw < 0.5 and donor is not None:
+    if (draw - untouched_share) / (1 - untouched_share) < TRANSFER_SHARE and donor is not None:
         y = _statistics_transfer(rng, y, m, *donor)
         if rng.random() < 0.3:
             y = RETOUCH_OPS[rng.integers(len(RETOUCH_OPS))](rng, y, mask=m)
@@ -166,8 +168,10 @@ def _load_mask(path: Path, size: tuple[int, int]) -> Image.Image:
 class PhotoSource:
     """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`."""
 
-    def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320):
+    def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
+                 untouched_share: float = UNTOUCHED_SHARE):
         manifest = Path(manifest)
+        self.untouched_share = untouched_share
         with manifest.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
         if not rows:
@@ -191,7 +195,7 @@ class PhotoSource:
         kind = rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
-        return Pair(recolour(rng, real, mask, donor), real, mask, self.categories[i])
+        return Pair(recolour(rng, real, mask, donor, self.untouched_share), real, mask, self.categories[i])
 
 
 def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:
@@ -315,4 +319,4 @@ def to_tensors(pair: Pair, thumb: int, categories: tuple[str, ...]) -> dict[str,
 
 
 def _to_float(array: Array) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / 255
+    return torch.tensor(array.transpose(2, 0, 1), dtype=torch.float32) / 255  # a copy: PIL arrays are read-only

@@ -37,9 +37,13 @@ def color_statistics(rgb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class CurveRenderingModule(nn.Module):
-    """One CRM: p = Linear_b(f_b) + Linear_f(f_f) → 3 × L curve log-weights."""
+    """One CRM: p = Linear_b(f_b) + Linear_f(f_f) [+ MLP(f_f, f_b)] → 3 × L curve log-weights.
 
-    def __init__(self, bg_dim: int, fg_dim: int, pieces: int):
+    The paper's CRM is the two linear maps. The optional MLP lets the curve depend on interactions between the
+    foreground and background features (say, the ratio of their spreads), which no sum of linear maps can.
+    """
+
+    def __init__(self, bg_dim: int, fg_dim: int, pieces: int, hidden: int = 0):
         super().__init__()
         self.pieces = pieces
         self.bg_proj = nn.Linear(bg_dim, 3 * pieces)
@@ -48,9 +52,19 @@ class CurveRenderingModule(nn.Module):
         for proj in (self.bg_proj, self.fg_proj):
             nn.init.normal_(proj.weight, std=1e-3)
             nn.init.zeros_(proj.bias)
+        self.mlp = None
+        if hidden:
+            self.mlp = nn.Sequential(nn.Linear(fg_dim + bg_dim, hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(hidden, 3 * pieces))
+            # A zero output layer adds nothing at first, so linear-CRM weights can be extended without a jump.
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, f_bg: torch.Tensor, f_fg: torch.Tensor) -> torch.Tensor:
-        return (self.bg_proj(f_bg) + self.fg_proj(f_fg)).view(-1, 3, self.pieces)
+        p = self.bg_proj(f_bg) + self.fg_proj(f_fg)
+        if self.mlp is not None:
+            p = p + self.mlp(torch.cat([f_fg, f_bg], 1))
+        return p.view(-1, 3, self.pieces)
 
 
 class S2CRNet(nn.Module):
@@ -65,7 +79,7 @@ class S2CRNet(nn.Module):
             n = len(config.categories)
             self.category_embed = nn.Sequential(nn.Linear(n, 32), nn.ReLU(inplace=True),
                                                 nn.Linear(32, CATEGORY_EMBED))
-        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces)
+        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces, config.head_hidden)
                                   for _ in range(config.stages))
 
     def category_index(self, category: str | None) -> int:

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .backbones import list_backbones
 from .config import ModelConfig
-from .data import HarmonyPairs, IHarmonySource, PhotoSource
+from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource
 from .harmonizer import resolve_device, save_weights
 from .network import S2CRNet, count_parameters
 
@@ -39,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iharmony", type=Path, action="append", default=[],
                    help="iHarmony4-format folder, its *_train.txt split; repeatable")
     g.add_argument("--size", type=int, default=256, help="training image side: the loss is computed at size²")
+    g.add_argument("--untouched-share", type=float, default=UNTOUCHED_SHARE,
+                   help="share of training photos left as they are (validation always uses the default)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="squeezenet", choices=list_backbones())
     g.add_argument("--thumb", type=int, default=ModelConfig.thumb)
@@ -48,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", default="batch", choices=["batch", "none"], help="'none' = the paper's backbone")
     g.add_argument("--no-color-stats", dest="color_stats", action="store_false",
                    help="the paper's embeddings, without appended colour statistics")
+    g.add_argument("--head-hidden", type=int, default=ModelConfig.head_hidden,
+                   help="width of a hidden layer beside each CRM's linear maps (0 = the paper's CRM)")
+    g.add_argument("--init", type=Path, default=None,
+                   help="start from these weights; parameters the file lacks (e.g. a new --head-hidden) start fresh")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=24)
     g.add_argument("--steps", type=int, default=6000)
@@ -55,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
+    g.add_argument("--ema", type=float, default=0.0,
+                   help="validate and save an exponential moving average of the weights with this decay (0 = off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--workers", type=int, default=1, help="data-generating processes")
@@ -101,7 +110,8 @@ class Discriminator(nn.Module):
 
 
 def build_sources(args, split: str) -> list:
-    sources = [PhotoSource(m, split) for m in args.photos]
+    untouched = args.untouched_share if split == "train" else UNTOUCHED_SHARE
+    sources = [PhotoSource(m, split, untouched_share=untouched) for m in args.photos]
     if split == "train":
         sources += [IHarmonySource(root, "train") for root in args.iharmony]
     else:  # iHarmony4 has no validation split of its own: its test lists are for `s2crnet eval`
@@ -140,14 +150,24 @@ def run(args) -> dict:
 
     # 1. Model and optimiser, rebuilt from the checkpoint's config when resuming
     config = ModelConfig(backbone=args.backbone, thumb=args.thumb, pieces=args.pieces, stages=args.stages,
-                         semantic=args.semantic, norm=args.norm, color_stats=args.color_stats)
+                         semantic=args.semantic, norm=args.norm, color_stats=args.color_stats,
+                         head_hidden=args.head_hidden)
     checkpoint = None
     if args.resume:
         if not last_path.exists():
             raise ValueError(f"--resume: no checkpoint at {last_path}")
         checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
         config = ModelConfig.from_dict(checkpoint["model_args"])
-    net = S2CRNet(config).to(device)
+    net = S2CRNet(config)
+    if args.init is not None and checkpoint is None:
+        initial = torch.load(args.init, map_location="cpu", weights_only=True)["model"]
+        missing, unexpected = net.load_state_dict(initial, strict=False)
+        if unexpected:
+            raise ValueError(f"--init {args.init} has parameters this model lacks: {', '.join(unexpected)}")
+        log.info("initialised from %s; fresh parameters: %s", args.init, ", ".join(missing) or "none")
+    net = net.to(device)
+    # The average's BatchNorm statistics are averaged too (use_buffers), so it validates as it is.
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     disc = d_optimizer = None
     if args.gan_weight > 0:
@@ -160,6 +180,8 @@ def run(args) -> dict:
         if disc is not None and "discriminator" in checkpoint:
             disc.load_state_dict(checkpoint["discriminator"])
             d_optimizer.load_state_dict(checkpoint["d_optimizer"])
+        if ema is not None and "ema" in checkpoint:
+            ema.load_state_dict(checkpoint["ema"])
         step, best = checkpoint["step"], checkpoint["best_val"]
         torch.set_rng_state(checkpoint["torch_rng"])
         log.info("resumed from %s at step %d", last_path, step)
@@ -181,19 +203,22 @@ def run(args) -> dict:
                  "step": step, "best_val": best, "torch_rng": torch.get_rng_state(), "args": _plain(vars(args))}
         if disc is not None:
             state |= {"discriminator": disc.state_dict(), "d_optimizer": d_optimizer.state_dict()}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         torch.save(state, last_path.with_suffix(".tmp"))
         last_path.with_suffix(".tmp").replace(last_path)
 
     def validate():
         nonlocal best
-        quality = estimate_quality(net, val, device)
+        scored = net if ema is None else ema.module
+        quality = estimate_quality(scored, val, device)
         line = (f"step {step}: val MSE {quality['mse']:.1f} (do nothing {quality['baseline_mse']:.1f}), "
                 f"fMSE {quality['fmse']:.1f} (do nothing {quality['baseline_fmse']:.1f})")
         if quality["mse"] < best["mse"]:
             best = {**quality, "step": step}
             meta = {"trained_steps": step, "validation": best, "command": " ".join(sys.argv),
                     "train_args": _plain(vars(args))}
-            save_weights(args.out, net, meta)
+            save_weights(args.out, scored, meta)
             line += f" — best, saved {args.out}"
         tqdm.write(line)
         with (args.run_dir / "log.txt").open("a") as f:
@@ -216,6 +241,8 @@ def run(args) -> dict:
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(net)
         if disc is not None:
             d_loss = ((disc(batch["real"], batch["mask"]) - 1) ** 2).mean() + \
                      (disc(outputs[-1].detach(), batch["mask"]) ** 2).mean()

@@ -1,6 +1,7 @@
 """model.network, model.backbones and model.config, parametrised over every registered backbone and variants
 that between them take every option value: cascaded stages 1/2/3, Semantic-CRM on/off, normalisation
-batch/none, colour statistics on/off. Thumbnails are 64² (VGG16 at 256² would be slow on two CPU cores).
+batch/none, colour statistics on/off, CRM hidden layer off/on. Thumbnails are 64² (VGG16 at 256² would be slow
+on two CPU cores).
 """
 
 import dataclasses
@@ -18,14 +19,14 @@ from model.thumbnails import make_thumbnails
 OPTIONS = [
     {"stages": 1, "semantic": False, "norm": "none", "color_stats": False},
     {"stages": 2, "semantic": True, "norm": "batch", "color_stats": True},
-    {"stages": 3, "semantic": True, "norm": "none", "color_stats": True},
+    {"stages": 3, "semantic": True, "norm": "none", "color_stats": True, "head_hidden": 16},
 ]
 VARIANTS = [ModelConfig(backbone=name, thumb=64, **opts) for name in list_backbones() for opts in OPTIONS]
 
 
 def variant_id(config: ModelConfig) -> str:
     return (f"{config.backbone}-s{config.stages}-{'sem' if config.semantic else 'nosem'}-{config.norm}"
-            f"-{'stats' if config.color_stats else 'nostats'}")
+            f"-{'stats' if config.color_stats else 'nostats'}-h{config.head_hidden}")
 
 
 def real_batch(config: ModelConfig, sizes=((48, 40), (31, 57))):
@@ -131,6 +132,22 @@ def test_parameter_counts_match_the_paper(config, expected):
     assert abs(count - expected) / expected < 0.10, f"{count} parameters, expected about {expected:.3g}"
 
 
+def test_hidden_head_starts_as_the_linear_crm_it_extends():
+    torch.manual_seed(0)
+    linear = S2CRNet(ModelConfig(thumb=64)).eval()
+    for crm in linear.crms:  # curves far from the identity, so that an unchanged output means something
+        torch.nn.init.normal_(crm.fg_proj.weight, std=0.05)
+    extended = S2CRNet(ModelConfig(thumb=64, head_hidden=32)).eval()
+    missing, unexpected = extended.load_state_dict(linear.state_dict(), strict=False)
+    assert not unexpected and missing and all(".mlp." in key for key in missing)
+    assert count_parameters(extended) > count_parameters(linear)
+    thumbs, images, masks = real_batch(linear.config)
+    with torch.no_grad():
+        before, after = linear(thumbs, images, masks)[-1], extended(thumbs, images, masks)[-1]
+    assert (before - images).abs().max() > 0.02
+    assert torch.equal(before, after)
+
+
 def test_color_statistics_are_weighted():
     rgb = torch.rand(2, 3, 16, 16)
     ones = torch.ones(2, 1, 16, 16)
@@ -148,11 +165,12 @@ def test_color_statistics_are_weighted():
 
 def test_config_round_trip_and_validation():
     config = ModelConfig(backbone="vgg16", thumb=96, pieces=32, stages=3, semantic=True, norm="none",
-                         color_stats=False, categories=("cat", "dog", "unknown"))
+                         color_stats=False, head_hidden=64, categories=("cat", "dog", "unknown"))
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert PAPER_CONFIG.thumb == 256 and PAPER_CONFIG.norm == "none" and not PAPER_CONFIG.color_stats
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**config.to_dict(), "dropout": 0.1})
-    for bad in ({"thumb": 16}, {"pieces": 1}, {"stages": 0}, {"norm": "layer"}, {"categories": ("cat",)}):
+    for bad in ({"thumb": 16}, {"pieces": 1}, {"stages": 0}, {"norm": "layer"}, {"categories": ("cat",)},
+                {"head_hidden": -1}):
         with pytest.raises(ValueError):
             ModelConfig(**bad)

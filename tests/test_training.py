@@ -41,6 +41,19 @@ def test_recolour_changes_only_the_masked_region_and_never_the_ground_truth():
     assert 25 <= changed <= 39
 
 
+def test_untouched_share_sets_how_many_pairs_stay_as_they_are():
+    def untouched(share: float) -> int:
+        count = 0
+        for seed in range(30):
+            rng, real, mask = photo_and_mask(seed)
+            count += int(np.array_equal(recolour(rng, real, mask, None, untouched_share=share), real))
+        return count
+
+    assert untouched(1.0) == 30
+    assert untouched(0.0) <= 2  # a retouch can, rarely, round back to the same 8-bit values
+    assert untouched(0.0) < untouched(0.5) < 30
+
+
 def test_validation_split_is_stable_and_about_ten_percent():
     with (PHOTOS / "manifest.csv").open(newline="") as f:
         ids = [row["id"] for row in csv.DictReader(f)]
@@ -145,21 +158,40 @@ def train_args(tmp_path, manifest, *extra):
 
 def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
     manifest = tiny_manifest(tmp_path, 40)
-    run(train_args(tmp_path / "straight", manifest))
+    run(train_args(tmp_path / "straight", manifest, "--ema", "0.5", "--val-every", "6"))  # validated once, at 6
     straight = torch.load(tmp_path / "straight" / "run" / "last.pt", weights_only=True)
 
-    # The same run, stopped after 3 steps (a 0-minute budget stops at the first step boundary) and resumed.
-    interrupted = train_args(tmp_path / "resumed", manifest, "--max-minutes", "0")
+    # The same run, stopped after 1 step (a 0-minute budget stops at the first step boundary) and resumed.
+    interrupted = train_args(tmp_path / "resumed", manifest, "--ema", "0.5", "--max-minutes", "0")
     run(interrupted)
     assert torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)["step"] == 1
-    run(train_args(tmp_path / "resumed", manifest, "--resume"))
+    run(train_args(tmp_path / "resumed", manifest, "--ema", "0.5", "--resume"))
     resumed = torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)
     assert resumed["step"] == straight["step"] == 6
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    for part in ("model", "ema"):
+        for key, value in straight[part].items():
+            assert torch.equal(value, resumed[part][key]), f"{part}.{key}"
+    # The average differs from the last step's weights, and it is what gets validated and saved.
+    average = {k.removeprefix("module."): v for k, v in straight["ema"].items() if k.startswith("module.")}
+    assert any(not torch.equal(average[key], value) for key, value in straight["model"].items())
+    best = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)
+    assert best["meta"]["trained_steps"] == 6
+    assert all(torch.equal(average[key], value) for key, value in best["model"].items())
 
     h = Harmonizer.load(tmp_path / "straight" / "best.pt", device="cpu")
     assert h.config.thumb == 32 and h.meta["trained_steps"] > 0
+
+
+def test_init_extends_trained_weights_with_a_hidden_head(tmp_path):
+    manifest = tiny_manifest(tmp_path, 40)
+    run(train_args(tmp_path / "plain", manifest, "--steps", "3"))
+    plain = tmp_path / "plain" / "best.pt"
+    run(train_args(tmp_path / "extended", manifest, "--steps", "3", "--init", str(plain), "--head-hidden", "8"))
+    extended = Harmonizer.load(tmp_path / "extended" / "best.pt", device="cpu")
+    assert extended.config.head_hidden == 8
+    # Weights with parameters the new model lacks are refused, not silently dropped.
+    with pytest.raises(ValueError, match="lacks"):
+        run(train_args(tmp_path / "back", manifest, "--init", str(tmp_path / "extended" / "best.pt")))
 
 
 def test_metrics_match_hand_computed_values():
