@@ -22,9 +22,10 @@ from .config import UNKNOWN
 from .thumbnails import make_thumbnails
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "read_iharmony_split",
-           "recolour", "IHARMONY_LABELS"]
+           "recolour", "IHARMONY_LABELS", "VAL_SEED"]
 
 VAL_PERCENT = 10
+VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
 UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
 # iHarmony4 labels.txt classes as the S²CRNet authors use them → our category names

@@ -3,10 +3,12 @@
     s2crnet eval ../shared/data/iharmony4_samples                 # table: ours vs do nothing vs Lab mean/std
     s2crnet eval ../shared/data/iharmony4_samples --json          # the same as JSON (with per-image rows)
     s2crnet eval ../shared/data/real_composites --sheet sheet.jpg # composites without ground truth: sheet only
+    s2crnet eval ../shared/data/photos/manifest.csv --pairs 768   # held-out photos, recoloured as in training
 
 Protocol: predict at full resolution; resize composite, prediction and real to 256×256 (bicubic) and the mask
 too (thresholded at half); MSE over the image, fMSE over the foreground (Σ_fg err² / (3·N_fg)), PSNR, fPSNR
-(data range 255) and SSIM (scikit-image); "All" is the mean over images, plus one row per iHarmony4 subset.
+(data range 255, capped at 100 dB) and SSIM (scikit-image); "All" is the mean over images, plus one row per
+iHarmony4 subset.
 """
 
 import argparse
@@ -22,7 +24,7 @@ from skimage import color
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from .data import read_iharmony_labels, read_iharmony_split
+from .data import VAL_SEED, HarmonyPairs, PhotoSource, read_iharmony_labels, read_iharmony_split
 from .harmonizer import Harmonizer
 
 __all__ = ["add_arguments", "run", "main", "score", "lab_transfer", "find_items", "evaluate"]
@@ -31,10 +33,13 @@ EVAL_SIZE = 256
 SUBSETS = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
 METHODS = ("do nothing", "Lab mean/std", "S2CRNet")
 METRICS = ("mse", "fmse", "psnr", "fpsnr", "ssim")
+PSNR_CAP = 100.0  # dB
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", type=Path, help="iHarmony4-format folder, or a folder with images/ and masks/")
+    p.add_argument("dataset", type=Path, help="iHarmony4-format folder, a folder with images/ and masks/, or a "
+                   "photos manifest.csv (its held-out split, recoloured as in training: the validation pairs)")
+    p.add_argument("--pairs", type=int, default=192, help="with a manifest: how many held-out pairs to score")
     p.add_argument("--split", default="test", help="iHarmony4 list to read: *_SPLIT.txt or SPLIT.txt")
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped weights)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -54,7 +59,8 @@ def score(pred: np.ndarray, real: np.ndarray, fg: np.ndarray) -> dict[str, float
 
 
 def _psnr(mse: float) -> float:
-    return 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+    # Identical images would score infinity; the cap keeps means (an untouched held-out pair) and JSON finite.
+    return min(PSNR_CAP, 10 * math.log10(255.0 ** 2 / mse)) if mse > 0 else PSNR_CAP
 
 
 def lab_transfer(composite: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -67,8 +73,10 @@ def lab_transfer(composite: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(color.lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
 
 
-def find_items(root: Path, split: str = "test") -> list[dict]:
-    """Each item: name, composite, mask, real (None without ground truth), category."""
+def find_items(root: Path, split: str = "test", pairs: int = 192) -> list[dict]:
+    """Each item: name, composite, mask, real (None without ground truth), category; paths or images."""
+    if root.suffix == ".csv":
+        return held_out_items(root, pairs)
     if (root / "composite_images").is_dir():
         labels = read_iharmony_labels(root)
         return [{"name": n, "composite": c, "mask": m, "real": r, "category": labels.get(n)}
@@ -82,8 +90,22 @@ def find_items(root: Path, split: str = "test") -> list[dict]:
             for p in sorted(images.iterdir()) if p.stem in by_stem]
 
 
-def _open(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as im:
+def held_out_items(manifest: Path, count: int) -> list[dict]:
+    """The first `count` validation pairs training scores (same seed, same generator) at 256²."""
+    pairs = HarmonyPairs([PhotoSource(manifest, "val")], (), 0, EVAL_SIZE, VAL_SEED, count)
+    items = []
+    for i in range(count):
+        pair = pairs.pair(i)
+        items.append({"name": f"held-out {i:04d}", "composite": Image.fromarray(pair.composite),
+                      "mask": Image.fromarray(pair.mask), "real": Image.fromarray(pair.real),
+                      "category": pair.category})
+    return items
+
+
+def _open(source: Path | Image.Image, mode: str) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source.convert(mode)
+    with Image.open(source) as im:
         return ImageOps.exif_transpose(im).convert(mode)
 
 
@@ -161,7 +183,7 @@ def draw_sheet(rows: list[list[Image.Image]], path: Path, cell: int = 256) -> No
 
 
 def run(args) -> dict:
-    items = find_items(args.dataset, args.split)[: args.limit]
+    items = find_items(args.dataset, args.split, args.pairs)[: args.limit]
     if not items:
         raise ValueError(f"no composites found in {args.dataset}")
     harmonizer = Harmonizer.load(args.weights, device=args.device)

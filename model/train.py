@@ -23,14 +23,13 @@ from tqdm import tqdm
 
 from .backbones import list_backbones
 from .config import ModelConfig
-from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource
+from .data import UNTOUCHED_SHARE, VAL_SEED, HarmonyPairs, IHarmonySource, PhotoSource
 from .harmonizer import resolve_device, save_weights
 from .network import S2CRNet, count_parameters
 
 __all__ = ["add_arguments", "run", "main"]
 
 log = logging.getLogger(__name__)
-VAL_SEED = 20211  # fixed: the validation pairs never change between runs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

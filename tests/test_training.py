@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import json
 import math
 
 import numpy as np
@@ -11,8 +12,10 @@ from conftest import PHOTOS, SAMPLES
 from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
-from model.data import HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
+from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
+from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
+from model.evaluate import run as run_eval
 from model.train import add_arguments, masked_l1, run
 
 
@@ -206,6 +209,21 @@ def test_metrics_match_hand_computed_values():
     assert m["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 25))
     assert m["fpsnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
     assert score(real, real, fg)["ssim"] == pytest.approx(1.0)
+
+
+def test_eval_of_a_manifest_scores_the_held_out_training_pairs(tmp_path, capsys):
+    manifest = tiny_manifest(tmp_path, 40)
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    report = run_eval(parser.parse_args([str(manifest), "--pairs", "5", "--json"]))
+    assert json.loads(capsys.readouterr().out)["images"] == 5  # strict JSON: no Infinity for untouched pairs
+    # The very pairs training validates on (same seed, same generator), scored beside doing nothing.
+    pairs = HarmonyPairs([PhotoSource(manifest, "val")], (), 0, 256, VAL_SEED, 5)
+    errors = [((pairs.pair(i).composite.astype(float) - pairs.pair(i).real) ** 2).mean() for i in range(5)]
+    summary = report["summary"]["All"]
+    assert summary["n"] == 5
+    assert summary["do nothing"]["mse"] == pytest.approx(np.mean(errors))
+    assert 0 < summary["S2CRNet"]["mse"] and summary["S2CRNet"]["psnr"] <= 100
 
 
 def test_lab_transfer_moves_foreground_statistics_to_the_background():
