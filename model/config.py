@@ -21,7 +21,7 @@ class ModelConfig:
     categories: tuple[str, ...] = field(default=CATEGORIES)  # vocabulary of the category embedding
     norm: str = "batch"  # extension: normalisation in the backbone ("batch" or "none" = the paper)
     color_stats: bool = True  # extension: per-channel colour statistics appended to each embedding
-    head_hidden: int = 0  # extension: a hidden ReLU layer of this width beside each CRM's linear maps (0 = paper)
+    head_hidden: int = 256  # extension: a hidden ReLU layer of this width beside each CRM's linear maps (0 = paper)
 
     def __post_init__(self):
         if self.thumb < 32 or self.pieces < 2 or self.stages < 1 or self.head_hidden < 0:
@@ -47,5 +47,6 @@ class ModelConfig:
         return cls(**d)
 
 
-# The network exactly as the paper describes it: no normalisation layers, no colour statistics, 256² thumbs.
-PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False)
+# The network exactly as the paper describes it: no normalisation layers, no colour statistics, linear CRMs,
+# 256² thumbs.
+PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False, head_hidden=0)

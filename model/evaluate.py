@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def lab_transfer(composite: np.ndarray, fg: np.ndarray) -> np.ndarray:
     lab = color.rgb2lab(composite)
     src, dst = lab[fg], lab[~fg]
     lab[fg] = (src - src.mean(0)) / (src.std(0) + 1e-6) * dst.std(0) + dst.mean(0)
-    return np.rint(np.clip(color.lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
+    with warnings.catch_warnings():  # out-of-gamut Lab values are clipped, which is what we want
+        warnings.simplefilter("ignore")
+        return np.rint(np.clip(color.lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
 
 
 def find_items(root: Path, split: str = "test", pairs: int = 192) -> list[dict]:

@@ -36,6 +36,8 @@ def lively_net(config: ModelConfig, seed: int = 0) -> S2CRNet:
     for crm in net.crms:
         torch.nn.init.normal_(crm.bg_proj.weight, std=0.05)
         torch.nn.init.normal_(crm.fg_proj.weight, std=0.05)
+        if crm.mlp is not None:
+            torch.nn.init.normal_(crm.mlp[-1].weight, std=0.05)
     net.train()
     with torch.no_grad():
         net.forward_features(torch.rand(4, THUMB_CHANNELS, config.thumb, config.thumb))  # moves running stats

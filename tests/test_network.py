@@ -17,7 +17,7 @@ from model.network import QUANTILES, color_statistics
 from model.thumbnails import make_thumbnails
 
 OPTIONS = [
-    {"stages": 1, "semantic": False, "norm": "none", "color_stats": False},
+    {"stages": 1, "semantic": False, "norm": "none", "color_stats": False, "head_hidden": 0},
     {"stages": 2, "semantic": True, "norm": "batch", "color_stats": True},
     {"stages": 3, "semantic": True, "norm": "none", "color_stats": True, "head_hidden": 16},
 ]
@@ -121,9 +121,9 @@ def test_semantic_category_changes_the_curves_and_unknown_is_the_default():
 
 
 @pytest.mark.parametrize(("config", "expected"), [
-    (ModelConfig(), 1.15e6),                    # 2-stage SqueezeNet, with the extensions
+    (ModelConfig(), 1.78e6),                    # 2-stage SqueezeNet, with the extensions (hidden CRM layer)
     (PAPER_CONFIG, 1.15e6),                     # 2-stage SqueezeNet exactly as in the paper
-    (ModelConfig(semantic=True), 1.15e6),
+    (ModelConfig(semantic=True, head_hidden=0), 1.15e6),
     (ModelConfig(backbone="vgg16", thumb=64), 15.3e6),
     (dataclasses.replace(PAPER_CONFIG, backbone="vgg16"), 15.3e6),
 ])
@@ -134,7 +134,7 @@ def test_parameter_counts_match_the_paper(config, expected):
 
 def test_hidden_head_starts_as_the_linear_crm_it_extends():
     torch.manual_seed(0)
-    linear = S2CRNet(ModelConfig(thumb=64)).eval()
+    linear = S2CRNet(ModelConfig(thumb=64, head_hidden=0)).eval()
     for crm in linear.crms:  # curves far from the identity, so that an unchanged output means something
         torch.nn.init.normal_(crm.fg_proj.weight, std=0.05)
     extended = S2CRNet(ModelConfig(thumb=64, head_hidden=32)).eval()
@@ -168,6 +168,7 @@ def test_config_round_trip_and_validation():
                          color_stats=False, head_hidden=64, categories=("cat", "dog", "unknown"))
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert PAPER_CONFIG.thumb == 256 and PAPER_CONFIG.norm == "none" and not PAPER_CONFIG.color_stats
+    assert PAPER_CONFIG.head_hidden == 0
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**config.to_dict(), "dropout": 0.1})
     for bad in ({"thumb": 16}, {"pieces": 1}, {"stages": 0}, {"norm": "layer"}, {"categories": ("cat",)},

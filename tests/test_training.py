@@ -138,7 +138,7 @@ def test_training_steps_lower_the_loss():
     composite = images.clone()
     composite[:, 0] = images[:, 0] + masks[:, 0] * (images[:, 0] ** 0.5 - images[:, 0])  # brighten red inside
     thumbs = torch.cat([composite, masks, composite, masks], 1)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)  # the training default
     losses = []
     for _ in range(80):
         loss = sum(masked_l1(o, images, masks) for o in net(thumbs, composite, masks))
@@ -187,14 +187,15 @@ def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
 
 def test_init_extends_trained_weights_with_a_hidden_head(tmp_path):
     manifest = tiny_manifest(tmp_path, 40)
-    run(train_args(tmp_path / "plain", manifest, "--steps", "3"))
+    run(train_args(tmp_path / "plain", manifest, "--steps", "3", "--head-hidden", "0"))
     plain = tmp_path / "plain" / "best.pt"
     run(train_args(tmp_path / "extended", manifest, "--steps", "3", "--init", str(plain), "--head-hidden", "8"))
     extended = Harmonizer.load(tmp_path / "extended" / "best.pt", device="cpu")
     assert extended.config.head_hidden == 8
     # Weights with parameters the new model lacks are refused, not silently dropped.
     with pytest.raises(ValueError, match="lacks"):
-        run(train_args(tmp_path / "back", manifest, "--init", str(tmp_path / "extended" / "best.pt")))
+        run(train_args(tmp_path / "back", manifest, "--head-hidden", "0",
+                       "--init", str(tmp_path / "extended" / "best.pt")))
 
 
 def test_metrics_match_hand_computed_values():
@@ -244,3 +245,4 @@ def test_shipped_weights_beat_doing_nothing_on_the_shared_samples():
     assert summary["n"] == 10
     assert summary["S2CRNet"]["mse"] < 0.6 * summary["do nothing"]["mse"]
     assert summary["S2CRNet"]["fmse"] < summary["Lab mean/std"]["fmse"]
+    assert summary["S2CRNet"]["mse"] <= 250 and summary["S2CRNet"]["fmse"] <= 1100  # the bar
