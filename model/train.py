@@ -1,8 +1,9 @@
 """Train S²CRNet from scratch on recoloured real photos (and/or iHarmony4), on a CPU or a GPU.
 
-The shipped default weights come from (2 CPU cores, see MODEL_CARD.md for time and quality):
+Train on the shared photos (2 CPU cores: about 1.8 steps/s; MODEL_CARD.md has the shipped weights' two-stage
+recipe, time and quality):
 
-    s2crnet train --photos ../shared/data/photos/manifest.csv --steps 6000 --out model/weights/s2crnet_squeezenet.pt
+    s2crnet train --photos ../shared/data/photos/manifest.csv --steps 6500 --run-dir runs/mine --out runs/mine/best.pt
 
 Same as `python -m model.train ...`. Interrupted? Add `--resume`: it continues exactly from the last checkpoint in
 --run-dir (model, optimizer, schedule, data order). With iHarmony4: `--iharmony /data/HAdobe5k --iharmony ...`.
@@ -69,8 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores; 1 keeps a shared machine responsive)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=Path("model/weights/s2crnet_squeezenet.pt"),
-                   help="best weights (by validation MSE) are written here")
+    g.add_argument("--out", type=Path, default=None,
+                   help="best weights (by validation MSE) are written here (default: RUN_DIR/best.pt; the shipped "
+                        "weights are only replaced on purpose)")
     g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and log")
     g.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     g.add_argument("--val-every", type=int, default=250, help="steps between validations")
@@ -145,6 +147,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    args.out = args.out or args.run_dir / "best.pt"
     last_path = args.run_dir / "last.pt"
 
     # 1. Model and optimiser, rebuilt from the checkpoint's config when resuming

@@ -198,6 +198,15 @@ def test_init_extends_trained_weights_with_a_hidden_head(tmp_path):
                        "--init", str(tmp_path / "extended" / "best.pt")))
 
 
+def test_best_weights_go_to_the_run_dir_unless_out_is_given(tmp_path):
+    manifest = tiny_manifest(tmp_path, 40)
+    args = train_args(tmp_path, manifest, "--steps", "1")
+    args.out = None  # what the parser gives without --out
+    run(args)
+    assert Harmonizer.load(tmp_path / "run" / "best.pt", device="cpu").meta["trained_steps"] == 1
+    assert not (tmp_path / "best.pt").exists()
+
+
 def test_metrics_match_hand_computed_values():
     real = np.full((16, 16, 3), 100, np.uint8)
     pred = real.copy()
