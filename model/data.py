@@ -22,7 +22,7 @@ from .config import UNKNOWN
 from .thumbnails import make_thumbnails
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "read_iharmony_split",
-           "recolour", "IHARMONY_LABELS", "VAL_SEED"]
+           "recolour", "lab_to_rgb", "IHARMONY_LABELS", "VAL_SEED"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
@@ -122,11 +122,14 @@ def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array):
     strength = rng.uniform(0.4, 1.0)
     moved = (src - mu_s) * ratio + mu_d
     moved = src + strength * (moved - src)
-    if not lab:
-        return moved
-    with warnings.catch_warnings():  # out-of-gamut Lab values are clipped, which is what we want
+    return lab_to_rgb(moved) if lab else moved
+
+
+def lab_to_rgb(lab: Array) -> Array:
+    """Lab → RGB in [0, 1]; out-of-gamut values are clipped, which is what we want, so without warnings."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.clip(color.lab2rgb(moved), 0, 1)
+        return np.clip(color.lab2rgb(lab), 0, 1)
 
 
 def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Array, Array] | None,

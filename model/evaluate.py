@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from skimage import color
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from .data import VAL_SEED, HarmonyPairs, PhotoSource, read_iharmony_labels, read_iharmony_split
+from .data import VAL_SEED, HarmonyPairs, PhotoSource, lab_to_rgb, read_iharmony_labels, read_iharmony_split
 from .harmonizer import Harmonizer
 
 __all__ = ["add_arguments", "run", "main", "score", "lab_transfer", "find_items", "evaluate"]
@@ -71,9 +70,7 @@ def lab_transfer(composite: np.ndarray, fg: np.ndarray) -> np.ndarray:
     lab = color.rgb2lab(composite)
     src, dst = lab[fg], lab[~fg]
     lab[fg] = (src - src.mean(0)) / (src.std(0) + 1e-6) * dst.std(0) + dst.mean(0)
-    with warnings.catch_warnings():  # out-of-gamut Lab values are clipped, which is what we want
-        warnings.simplefilter("ignore")
-        return np.rint(np.clip(color.lab2rgb(lab), 0, 1) * 255).astype(np.uint8)
+    return np.rint(lab_to_rgb(lab) * 255).astype(np.uint8)
 
 
 def find_items(root: Path, split: str = "test", pairs: int = 192) -> list[dict]:
@@ -95,7 +92,9 @@ def find_items(root: Path, split: str = "test", pairs: int = 192) -> list[dict]:
 
 def held_out_items(manifest: Path, count: int) -> list[dict]:
     """The first `count` validation pairs training scores (same seed, same generator) at 256²."""
-    pairs = HarmonyPairs([PhotoSource(manifest, "val")], (), 0, EVAL_SIZE, VAL_SEED, count)
+    # Only .pair() is used (images, not the network's tensors), so no categories or thumbnail size are needed.
+    pairs = HarmonyPairs([PhotoSource(manifest, "val")], categories=(), thumb=0, size=EVAL_SIZE, seed=VAL_SEED,
+                         length=count)
     items = []
     for i in range(count):
         pair = pairs.pair(i)

@@ -229,7 +229,7 @@ def test_eval_of_a_manifest_scores_the_held_out_training_pairs(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["images"] == 5  # strict JSON: no Infinity for untouched pairs
     # The very pairs training validates on (same seed, same generator), scored beside doing nothing.
     pairs = HarmonyPairs([PhotoSource(manifest, "val")], (), 0, 256, VAL_SEED, 5)
-    errors = [((pairs.pair(i).composite.astype(float) - pairs.pair(i).real) ** 2).mean() for i in range(5)]
+    errors = [((p.composite.astype(float) - p.real) ** 2).mean() for p in map(pairs.pair, range(5))]
     summary = report["summary"]["All"]
     assert summary["n"] == 5
     assert summary["do nothing"]["mse"] == pytest.approx(np.mean(errors))
