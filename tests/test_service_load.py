@@ -90,7 +90,8 @@ def test_client_that_disconnects_leaves_no_work_behind(batching):
 def test_sigterm_under_load_answers_every_accepted_request():
     handle = start_server({"S2CRNET_DRAIN_TIMEOUT_S": "60"})
     try:
-        made = [real_pair(1024, 768, i) for i in range(16)]
+        # big enough that the server cannot answer all 16 before the poll below sees them accepted
+        made = [real_pair(1536, 1152, i) for i in range(16)]
         pairs = [(encode(c, "JPEG", quality=90), encode(m, "PNG")) for c, m in made]
         answered: list[httpx.Response] = []
         lock = threading.Lock()
