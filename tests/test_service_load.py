@@ -106,11 +106,10 @@ def test_sigterm_under_load_answers_every_accepted_request():
             thread.start()
         # SIGTERM once every request not yet answered is accepted (counted in flight by the server)
         deadline = time.monotonic() + 60
-        while _metric(handle.url, "s2crnet_in_flight_requests") + len(answered) < len(pairs):
+        while (in_flight := _metric(handle.url, "s2crnet_in_flight_requests")) + len(answered) < len(pairs):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        in_flight = _metric(handle.url, "s2crnet_in_flight_requests")
-        handle.signal(signal.SIGTERM)
+        handle.signal(signal.SIGTERM)  # at once: a second /metrics read here could come after the last answer
         # while it drains: still listening, not ready, refusing new work
         ready = httpx.get(handle.url + "/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["code"] == "shutting_down"
