@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import encode, post_image, real_pair, start_server
+from conftest import encode, post_image, read_http_answer, real_pair, start_server
 
 
 def _metric(url: str, name: str, labels: str = "") -> float:
@@ -90,8 +90,17 @@ def test_client_that_disconnects_leaves_no_work_behind(batching):
 def test_sigterm_under_load_answers_every_accepted_request():
     handle = start_server({"S2CRNET_DRAIN_TIMEOUT_S": "60"})
     try:
-        # big enough that the server cannot answer all 16 before the poll below sees them accepted
-        made = [real_pair(1536, 1152, i) for i in range(16)]
+        # One upload held half-sent: admitted (in flight) before SIGTERM however fast the machine answers the rest.
+        held_composite, held_mask = real_pair(1024, 768, 99)
+        held = httpx.Request("POST", handle.url + "/harmonize", files={
+            "composite": ("c.jpg", encode(held_composite, "JPEG", quality=90)),
+            "mask": ("m.png", encode(held_mask, "PNG"))})
+        held_body = held.read()
+        held_head = "".join(f"{k}: {v}\r\n" for k, v in held.headers.items())
+        host, port = handle.url.removeprefix("http://").split(":")
+        held_sock = socket.create_connection((host, int(port)))
+        held_sock.sendall(f"POST /harmonize HTTP/1.1\r\n{held_head}\r\n".encode() + held_body[:1000])
+        made = [real_pair(1024, 768, i) for i in range(16)]
         pairs = [(encode(c, "JPEG", quality=90), encode(m, "PNG")) for c, m in made]
         answered: list[httpx.Response] = []
         lock = threading.Lock()
@@ -104,9 +113,9 @@ def test_sigterm_under_load_answers_every_accepted_request():
         threads = [threading.Thread(target=send, args=(p,)) for p in pairs]
         for thread in threads:
             thread.start()
-        # SIGTERM once every request not yet answered is accepted (counted in flight by the server)
+        # SIGTERM once every request not yet answered, and the held one, is accepted (counted in flight)
         deadline = time.monotonic() + 60
-        while (in_flight := _metric(handle.url, "s2crnet_in_flight_requests")) + len(answered) < len(pairs):
+        while (in_flight := _metric(handle.url, "s2crnet_in_flight_requests")) + len(answered) < len(pairs) + 1:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         handle.signal(signal.SIGTERM)  # at once: a second /metrics read here could come after the last answer
@@ -115,9 +124,13 @@ def test_sigterm_under_load_answers_every_accepted_request():
         assert ready.status_code == 503 and ready.json()["code"] == "shutting_down"
         late = post_image(handle.url, *pairs[0], timeout=30)
         assert late.status_code == 503 and late.json()["code"] == "shutting_down"
+        held_sock.sendall(held_body[1000:])
+        held_answer = read_http_answer(held_sock)
+        held_sock.close()
         for thread in threads:
             thread.join(120)
         assert handle.wait(60) == 0
+        assert held_answer.startswith(b"HTTP/1.1 200")
         assert in_flight >= 1
         assert sorted(r.status_code for r in answered) == [200] * len(pairs)
         assert "draining" in handle.logs
