@@ -22,6 +22,7 @@ class ModelConfig:
     norm: str = "batch"  # extension: normalisation in the backbone ("batch" or "none" = the paper)
     color_stats: bool = True  # extension: per-channel colour statistics appended to each embedding
     head_hidden: int = 256  # extension: a hidden ReLU layer of this width beside each CRM's linear maps (0 = paper)
+    seam_stats: bool = True  # extension: how colours jump across the mask's edge, appended to the bg embedding
 
     def __post_init__(self):
         if self.thumb < 32 or self.pieces < 2 or self.stages < 1 or self.head_hidden < 0:
@@ -44,9 +45,9 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"seam_stats": False} | d)  # files written before seam_stats existed do not have it
 
 
-# The network exactly as the paper describes it: no normalisation layers, no colour statistics, linear CRMs,
-# 256² thumbs.
-PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False, head_hidden=0)
+# The network exactly as the paper describes it: no normalisation layers, no colour or seam statistics, linear
+# CRMs, 256² thumbs.
+PAPER_CONFIG = replace(ModelConfig(), thumb=256, norm="none", color_stats=False, head_hidden=0, seam_stats=False)

@@ -1,22 +1,24 @@
 """S²CRNet: Spatial-Separated Curve Rendering Network (Liang, Cun, Pun, Wang; arXiv 2109.05750).
 
 thumbnails → forward_features (shared backbone on foreground and background, pooled to 512-d each,
-optionally with colour statistics) → forward_head (Cascaded-CRM, optionally Semantic-CRM) → curve knots,
+optionally with colour and seam statistics) → forward_head (Cascaded-CRM, optionally Semantic-CRM) → curve knots,
 which model.curves applies at any resolution.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BACKBONE_CHANNELS, create_backbone
 from .config import UNKNOWN, ModelConfig
 from .curves import apply_curves, curve_knots
 
-__all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "count_parameters"]
+__all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "seam_statistics", "count_parameters"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 STATS_PER_CHANNEL = 2 + len(QUANTILES)  # mean, std, quantiles
 CATEGORY_EMBED = 64
+SEAM_WINDOW = 7  # pixels of the foreground thumbnail: the neighbourhood whose inside and outside are compared
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "none": None}
 
 
@@ -34,6 +36,25 @@ def color_statistics(rgb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     index = torch.searchsorted(cdf, levels).clamp(max=x.shape[-1] - 1)
     quantiles = ordered.gather(-1, index)  # B, 3, Q
     return torch.cat([mean, std, quantiles], -1).flatten(1)
+
+
+@torch.no_grad()
+def seam_statistics(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How colours jump across the mask's edge. rgb: (B, 3, S, S); mask: (B, 1, S, S) → (B, 21).
+
+    Around each pixel whose window straddles the edge, the mean colour inside the mask minus the mean outside;
+    then the per-channel statistics of that jump along the edge. The backbone sees foreground and background
+    apart, so without this it never sees the seam, the strongest cue of how far a pasted object is off.
+    """
+    def local_mean(x):
+        return F.avg_pool2d(x, SEAM_WINDOW, stride=1, padding=SEAM_WINDOW // 2, count_include_pad=False)
+
+    inside = local_mean(mask)
+    mean_in = local_mean(rgb * mask) / inside.clamp_min(1e-3)
+    mean_out = local_mean(rgb * (1 - mask)) / (1 - inside).clamp_min(1e-3)
+    jump = mean_in - mean_out
+    straddles = ((inside > 0.15) & (inside < 0.85)).to(rgb.dtype)
+    return color_statistics(jump, straddles)
 
 
 class CurveRenderingModule(nn.Module):
@@ -74,12 +95,13 @@ class S2CRNet(nn.Module):
         self.backbone = create_backbone(config.backbone, NORM_LAYERS[config.norm])
         embed = BACKBONE_CHANNELS + (3 * STATS_PER_CHANNEL if config.color_stats else 0)
         fg_embed = embed + (CATEGORY_EMBED if config.semantic else 0)
+        bg_embed = embed + (3 * STATS_PER_CHANNEL if config.seam_stats else 0)
         self.category_embed = None
         if config.semantic:
             n = len(config.categories)
             self.category_embed = nn.Sequential(nn.Linear(n, 32), nn.ReLU(inplace=True),
                                                 nn.Linear(32, CATEGORY_EMBED))
-        self.crms = nn.ModuleList(CurveRenderingModule(embed, fg_embed, config.pieces, config.head_hidden)
+        self.crms = nn.ModuleList(CurveRenderingModule(bg_embed, fg_embed, config.pieces, config.head_hidden)
                                   for _ in range(config.stages))
 
     def category_index(self, category: str | None) -> int:
@@ -99,6 +121,9 @@ class S2CRNet(nn.Module):
         if self.config.color_stats:
             f_fg = torch.cat([f_fg, color_statistics(fg, fg_mask)], 1)
             f_bg = torch.cat([f_bg, color_statistics(bg, bg_weight)], 1)
+        if self.config.seam_stats:
+            # Last in the background embedding (the context), so trained weights widen by zero columns (--init).
+            f_bg = torch.cat([f_bg, seam_statistics(fg, fg_mask)], 1)
         return f_fg, f_bg
 
     def forward_head(self, f_fg: torch.Tensor, f_bg: torch.Tensor, categories: torch.Tensor | None = None):

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the paper's embeddings, without appended colour statistics")
     g.add_argument("--head-hidden", type=int, default=ModelConfig.head_hidden,
                    help="width of a hidden layer beside each CRM's linear maps (0 = the paper's CRM)")
+    g.add_argument("--no-seam-stats", dest="seam_stats", action="store_false",
+                   help="without the statistics of how colours jump across the mask's edge (the paper has none)")
     g.add_argument("--init", type=Path, default=None,
                    help="start from these weights; parameters the file lacks (e.g. a new --head-hidden) start fresh")
     g = p.add_argument_group("optimisation")
@@ -110,6 +112,29 @@ class Discriminator(nn.Module):
         return self.net(torch.cat([image, mask], 1))
 
 
+def load_initial_weights(net: S2CRNet, path: Path) -> None:
+    """--init: start from trained weights. Parameters the file lacks keep their fresh init; a weight matrix that
+    only gained input columns (a wider embedding, e.g. seam_stats) keeps its trained columns and gets zero ones,
+    so the network computes exactly what the file's network did until training moves the new parts."""
+    initial = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    own = net.state_dict()
+    unexpected = [name for name in initial if name not in own]
+    if unexpected:
+        raise ValueError(f"--init {path} has parameters this model lacks: {', '.join(unexpected)}")
+    widened = []
+    for name, value in initial.items():
+        shape = own[name].shape
+        if value.shape == shape:
+            continue
+        if value.ndim != 2 or value.shape[0] != shape[0] or value.shape[1] > shape[1]:
+            raise ValueError(f"--init {path}: {name} is {tuple(value.shape)} there, {tuple(shape)} here")
+        initial[name] = torch.cat([value, value.new_zeros(shape[0], shape[1] - value.shape[1])], 1)
+        widened.append(name)
+    missing, _ = net.load_state_dict(initial, strict=False)
+    log.info("initialised from %s; fresh parameters: %s; widened with zero columns: %s",
+             path, ", ".join(missing) or "none", ", ".join(widened) or "none")
+
+
 def build_sources(args, split: str) -> list:
     untouched = args.untouched_share if split == "train" else UNTOUCHED_SHARE
     sources = [PhotoSource(m, split, untouched_share=untouched) for m in args.photos]
@@ -153,7 +178,7 @@ def run(args) -> dict:
     # 1. Model and optimiser, rebuilt from the checkpoint's config when resuming
     config = ModelConfig(backbone=args.backbone, thumb=args.thumb, pieces=args.pieces, stages=args.stages,
                          semantic=args.semantic, norm=args.norm, color_stats=args.color_stats,
-                         head_hidden=args.head_hidden)
+                         head_hidden=args.head_hidden, seam_stats=args.seam_stats)
     checkpoint = None
     if args.resume:
         if not last_path.exists():
@@ -162,11 +187,7 @@ def run(args) -> dict:
         config = ModelConfig.from_dict(checkpoint["model_args"])
     net = S2CRNet(config)
     if args.init is not None and checkpoint is None:
-        initial = torch.load(args.init, map_location="cpu", weights_only=True)["model"]
-        missing, unexpected = net.load_state_dict(initial, strict=False)
-        if unexpected:
-            raise ValueError(f"--init {args.init} has parameters this model lacks: {', '.join(unexpected)}")
-        log.info("initialised from %s; fresh parameters: %s", args.init, ", ".join(missing) or "none")
+        load_initial_weights(net, args.init)
     net = net.to(device)
     # The average's BatchNorm statistics are averaged too (use_buffers), so it validates as it is.
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None

@@ -1,7 +1,7 @@
 """model.network, model.backbones and model.config, parametrised over every registered backbone and variants
 that between them take every option value: cascaded stages 1/2/3, Semantic-CRM on/off, normalisation
-batch/none, colour statistics on/off, CRM hidden layer off/on. Thumbnails are 64² (VGG16 at 256² would be slow
-on two CPU cores).
+batch/none, colour statistics on/off, CRM hidden layer off/on, seam statistics off/on. Thumbnails are 64²
+(VGG16 at 256² would be slow on two CPU cores).
 """
 
 import dataclasses
@@ -13,11 +13,11 @@ from conftest import real_pair
 
 from model import PAPER_CONFIG, ModelConfig, S2CRNet, count_parameters
 from model.backbones import BACKBONE_CHANNELS, create_backbone, list_backbones
-from model.network import QUANTILES, color_statistics
+from model.network import QUANTILES, STATS_PER_CHANNEL, color_statistics, seam_statistics
 from model.thumbnails import make_thumbnails
 
 OPTIONS = [
-    {"stages": 1, "semantic": False, "norm": "none", "color_stats": False, "head_hidden": 0},
+    {"stages": 1, "semantic": False, "norm": "none", "color_stats": False, "head_hidden": 0, "seam_stats": False},
     {"stages": 2, "semantic": True, "norm": "batch", "color_stats": True},
     {"stages": 3, "semantic": True, "norm": "none", "color_stats": True, "head_hidden": 16},
 ]
@@ -26,7 +26,8 @@ VARIANTS = [ModelConfig(backbone=name, thumb=64, **opts) for name in list_backbo
 
 def variant_id(config: ModelConfig) -> str:
     return (f"{config.backbone}-s{config.stages}-{'sem' if config.semantic else 'nosem'}-{config.norm}"
-            f"-{'stats' if config.color_stats else 'nostats'}-h{config.head_hidden}")
+            f"-{'stats' if config.color_stats else 'nostats'}-h{config.head_hidden}"
+            f"-{'seam' if config.seam_stats else 'noseam'}")
 
 
 def real_batch(config: ModelConfig, sizes=((48, 40), (31, 57))):
@@ -65,7 +66,7 @@ def test_forward_gives_one_valid_output_per_stage(config):
         knots = net.forward_head(f_fg, f_bg, categories)
         outputs = net(thumbs, images, masks, categories)
     assert knots.shape == (2, config.stages, 3, config.pieces + 1)
-    assert f_fg.shape == f_bg.shape and f_fg.shape[0] == 2
+    assert f_fg.shape[0] == f_bg.shape[0] == 2
     assert len(outputs) == config.stages
     for out in outputs:
         assert out.shape == images.shape
@@ -163,12 +164,44 @@ def test_color_statistics_are_weighted():
     assert (left[..., 2:].diff(dim=-1) >= 0).all()  # quantiles in order
 
 
+def test_seam_statistics_measure_the_jump_across_the_mask_edge():
+    inside, outside = torch.tensor([0.6, 0.4, 0.2]), torch.tensor([0.3, 0.4, 0.5])
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, 8:20] = 1
+    rgb = torch.where(mask > 0, inside.view(1, 3, 1, 1), outside.view(1, 3, 1, 1))
+    stats = seam_statistics(rgb, mask).view(1, 3, STATS_PER_CHANNEL)
+    assert torch.allclose(stats[0, :, 0], inside - outside, atol=1e-4)  # mean jump along the edge
+    assert stats[0, :, 1].abs().max() < 1e-3  # the same jump all along it
+    assert torch.allclose(stats[0, :, 2:], (inside - outside)[:, None].expand(3, len(QUANTILES)), atol=1e-4)
+    # Along a real photo's edge, brightening its object by 0.2 raises the measured jump by just that.
+    image, mask_image = real_pair(96, 96)
+    thumbs = make_thumbnails(image, mask_image, 64)[None]
+    rgb, mask = thumbs[:, 0:3], (thumbs[:, 3:4] > 0.5).float()
+    natural = seam_statistics(rgb, mask).view(3, STATS_PER_CHANNEL)[:, 0]
+    brighter = seam_statistics(rgb + 0.2 * mask, mask).view(3, STATS_PER_CHANNEL)[:, 0]
+    assert torch.allclose(brighter - natural, torch.full((3,), 0.2), atol=0.02)
+
+
+def test_seam_statistics_extend_the_background_embedding():
+    thumbs, _, _ = real_batch(ModelConfig(thumb=64))
+    sizes = {}
+    for seam in (False, True):
+        net = S2CRNet(ModelConfig(thumb=64, seam_stats=seam)).eval()
+        with torch.no_grad():
+            f_fg, f_bg = net.forward_features(thumbs)
+        sizes[seam] = (f_fg.shape[1], f_bg.shape[1])
+    assert sizes[True] == (sizes[False][0], sizes[False][1] + 3 * STATS_PER_CHANNEL)
+
+
 def test_config_round_trip_and_validation():
     config = ModelConfig(backbone="vgg16", thumb=96, pieces=32, stages=3, semantic=True, norm="none",
                          color_stats=False, head_hidden=64, categories=("cat", "dog", "unknown"))
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert PAPER_CONFIG.thumb == 256 and PAPER_CONFIG.norm == "none" and not PAPER_CONFIG.color_stats
-    assert PAPER_CONFIG.head_hidden == 0
+    assert PAPER_CONFIG.head_hidden == 0 and not PAPER_CONFIG.seam_stats
+    # Weights files written before seam statistics existed describe networks without them.
+    older = {k: v for k, v in ModelConfig().to_dict().items() if k != "seam_stats"}
+    assert ModelConfig.from_dict(older) == dataclasses.replace(ModelConfig(), seam_stats=False)
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**config.to_dict(), "dropout": 0.1})
     for bad in ({"thumb": 16}, {"pieces": 1}, {"stages": 0}, {"norm": "layer"}, {"categories": ("cat",)},

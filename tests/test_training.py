@@ -16,7 +16,8 @@ from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_
 from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
 from model.evaluate import run as run_eval
-from model.train import add_arguments, masked_l1, run
+from model.harmonizer import save_weights
+from model.train import add_arguments, load_initial_weights, masked_l1, run
 
 
 def photo_and_mask(seed: int = 0, size: int = 64):
@@ -185,17 +186,37 @@ def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
     assert h.config.thumb == 32 and h.meta["trained_steps"] > 0
 
 
-def test_init_extends_trained_weights_with_a_hidden_head(tmp_path):
+def test_init_extends_trained_weights_with_a_hidden_head_and_seam_statistics(tmp_path):
     manifest = tiny_manifest(tmp_path, 40)
-    run(train_args(tmp_path / "plain", manifest, "--steps", "3", "--head-hidden", "0"))
+    run(train_args(tmp_path / "plain", manifest, "--steps", "3", "--head-hidden", "0", "--no-seam-stats"))
     plain = tmp_path / "plain" / "best.pt"
     run(train_args(tmp_path / "extended", manifest, "--steps", "3", "--init", str(plain), "--head-hidden", "8"))
     extended = Harmonizer.load(tmp_path / "extended" / "best.pt", device="cpu")
-    assert extended.config.head_hidden == 8
+    assert extended.config.head_hidden == 8 and extended.config.seam_stats
     # Weights with parameters the new model lacks are refused, not silently dropped.
     with pytest.raises(ValueError, match="lacks"):
         run(train_args(tmp_path / "back", manifest, "--head-hidden", "0",
                        "--init", str(tmp_path / "extended" / "best.pt")))
+
+
+def test_init_widens_a_trained_embedding_without_changing_the_output(tmp_path):
+    torch.manual_seed(0)
+    trained = S2CRNet(ModelConfig(thumb=32, seam_stats=False)).eval()
+    for crm in trained.crms:  # curves far from the identity, so that an unchanged output means something
+        torch.nn.init.normal_(crm.bg_proj.weight, std=0.2)
+    save_weights(tmp_path / "trained.pt", trained)
+    widened = S2CRNet(ModelConfig(thumb=32, seam_stats=True)).eval()
+    load_initial_weights(widened, tmp_path / "trained.pt")
+    dataset = HarmonyPairs([PhotoSource(tiny_manifest(tmp_path, 20))], CATEGORIES, 32, 48, 0, 4)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    with torch.no_grad():
+        before = trained(batch["thumbs"], batch["composite"], batch["mask"])[-1]
+        after = widened(batch["thumbs"], batch["composite"], batch["mask"])[-1]
+    assert (before - batch["composite"]).abs().max() > 0.02
+    assert torch.equal(before, after)
+    # Only added input columns are bridged: any other change of shape is refused.
+    with pytest.raises(ValueError, match="there"):
+        load_initial_weights(S2CRNet(ModelConfig(thumb=32, pieces=32, seam_stats=False)), tmp_path / "trained.pt")
 
 
 def test_best_weights_go_to_the_run_dir_unless_out_is_given(tmp_path):
