@@ -12,6 +12,9 @@ from conftest import PHOTOS, SAMPLES
 from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
+from model.average import add_arguments as add_average_arguments
+from model.average import average_weights
+from model.average import run as run_average
 from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
 from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
@@ -219,6 +222,32 @@ def test_init_widens_a_trained_embedding_without_changing_the_output(tmp_path):
         load_initial_weights(S2CRNet(ModelConfig(thumb=32, pieces=32, seam_stats=False)), tmp_path / "trained.pt")
 
 
+def test_average_lies_between_the_weights_before_and_after_fine_tuning(tmp_path):
+    torch.manual_seed(0)
+    before = S2CRNet(ModelConfig(thumb=32, seam_stats=False)).eval()
+    save_weights(tmp_path / "before.pt", before)
+    after = S2CRNet(ModelConfig(thumb=32, seam_stats=True)).eval()  # a wider embedding, as --init made it
+    save_weights(tmp_path / "after.pt", after)
+    parser = argparse.ArgumentParser()
+    add_average_arguments(parser)
+    run_average(parser.parse_args([str(tmp_path / "before.pt"), str(tmp_path / "after.pt"),
+                                   "--out", str(tmp_path / "mixed.pt"), "--weight", "0.25"]))
+    mixed = Harmonizer.load(tmp_path / "mixed.pt", device="cpu")
+    assert mixed.config == after.config and mixed.meta["average"]["weight_of_after"] == 0.25
+    start, end, middle = before.state_dict(), after.state_dict(), mixed.net.state_dict()
+    weight = "crms.0.fg_proj.weight"
+    assert torch.allclose(middle[weight], 0.75 * start[weight] + 0.25 * end[weight], atol=1e-6)
+    # The columns `before` lacks count as zero: a quarter of `after`'s.
+    widened = "crms.0.bg_proj.weight"
+    width = start[widened].shape[1]
+    assert torch.allclose(middle[widened][:, width:], 0.25 * end[widened][:, width:], atol=1e-6)
+    for share, expected in ((0.0, before), (1.0, after)):
+        net = average_weights(tmp_path / "before.pt", after, share)
+        assert torch.equal(net.state_dict()["crms.1.fg_proj.bias"], expected.state_dict()["crms.1.fg_proj.bias"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["a.pt", "b.pt", "--out", "c.pt", "--weight", "1.5"])
+
+
 def test_best_weights_go_to_the_run_dir_unless_out_is_given(tmp_path):
     manifest = tiny_manifest(tmp_path, 40)
     args = train_args(tmp_path, manifest, "--steps", "1")
@@ -276,3 +305,6 @@ def test_shipped_weights_beat_doing_nothing_on_the_shared_samples():
     assert summary["S2CRNet"]["mse"] < 0.6 * summary["do nothing"]["mse"]
     assert summary["S2CRNet"]["fmse"] < summary["Lab mean/std"]["fmse"]
     assert summary["S2CRNet"]["mse"] <= 250 and summary["S2CRNet"]["fmse"] <= 1100  # the issue's bar
+    worse = {row["name"]: row["S2CRNet"]["mse"] / row["do nothing"]["mse"] for row in rows
+             if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]}
+    assert not worse, f"samples made more than 20% worse than their composite: {worse}"
