@@ -40,9 +40,8 @@ def average_weights(before: Path, tuned: S2CRNet, weight: float) -> S2CRNet:
     # Counters (BatchNorm's num_batches_tracked) are not averaged: AFTER's are kept.
     mixed = {name: value.lerp(tuned_state[name], weight) if value.is_floating_point() else tuned_state[name]
              for name, value in start.state_dict().items()}
-    net = S2CRNet(tuned.config)
-    net.load_state_dict(mixed)
-    return net.eval()
+    start.load_state_dict(mixed)
+    return start.eval()
 
 
 def run(args) -> int:

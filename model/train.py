@@ -1,7 +1,7 @@
 """Train S²CRNet from scratch on recoloured real photos (and/or iHarmony4), on a CPU or a GPU.
 
-Train on the shared photos (2 CPU cores: about 1.8 steps/s; MODEL_CARD.md has the shipped weights' two-stage
-recipe, time and quality):
+Train on the shared photos (2 CPU cores: about 1.8 steps/s; MODEL_CARD.md has the shipped weights' recipe —
+three stages and a weight average — with time and quality):
 
     s2crnet train --photos ../shared/data/photos/manifest.csv --steps 6500 --run-dir runs/mine --out runs/mine/best.pt
 
