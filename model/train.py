@@ -167,6 +167,7 @@ def estimate_quality(net: S2CRNet, val: list[dict], device) -> dict[str, float]:
 
 
 def run(args) -> dict:
+    started = time.monotonic()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -196,7 +197,7 @@ def run(args) -> dict:
     if args.gan_weight > 0:
         disc = Discriminator().to(device)
         d_optimizer = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    step, best = 0, {"mse": float("inf")}
+    step, best, earlier_seconds = 0, {"mse": float("inf")}, 0.0
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -206,6 +207,7 @@ def run(args) -> dict:
         if ema is not None and "ema" in checkpoint:
             ema.load_state_dict(checkpoint["ema"])
         step, best = checkpoint["step"], checkpoint["best_val"]
+        earlier_seconds = checkpoint.get("train_seconds", 0.0)  # wall time of the legs before this one
         torch.set_rng_state(checkpoint["torch_rng"])
         log.info("resumed from %s at step %d", last_path, step)
     log.info("model %s, %d parameters, device %s", config, count_parameters(net), device)
@@ -221,9 +223,13 @@ def run(args) -> dict:
                                          num_workers=args.workers, prefetch_factor=4 if args.workers else None,
                                          persistent_workers=False, drop_last=True)
 
+    def train_seconds() -> float:
+        return earlier_seconds + time.monotonic() - started
+
     def save_checkpoint():
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "model_args": config.to_dict(),
-                 "step": step, "best_val": best, "torch_rng": torch.get_rng_state(), "args": _plain(vars(args))}
+                 "step": step, "best_val": best, "torch_rng": torch.get_rng_state(), "args": _plain(vars(args)),
+                 "train_seconds": train_seconds()}
         if disc is not None:
             state |= {"discriminator": disc.state_dict(), "d_optimizer": d_optimizer.state_dict()}
         if ema is not None:
@@ -239,7 +245,8 @@ def run(args) -> dict:
                 f"fMSE {quality['fmse']:.1f} (do nothing {quality['baseline_fmse']:.1f})")
         if quality["mse"] < best["mse"]:
             best = {**quality, "step": step}
-            meta = {"trained_steps": step, "validation": best, "command": " ".join(sys.argv),
+            meta = {"trained_steps": step, "train_minutes": round(train_seconds() / 60, 1),
+                    "validation": best, "command": " ".join(sys.argv),
                     "train_args": _plain(vars(args))}
             save_weights(args.out, scored, meta)
             line += f" — best, saved {args.out}"
@@ -249,7 +256,7 @@ def run(args) -> dict:
 
     # 3. The loop
     net.train()
-    started = last_save = time.monotonic()
+    last_save = time.monotonic()
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -171,10 +171,12 @@ def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
     # The same run, stopped after 1 step (a 0-minute budget stops at the first step boundary) and resumed.
     interrupted = train_args(tmp_path / "resumed", manifest, "--ema", "0.5", "--max-minutes", "0")
     run(interrupted)
-    assert torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)["step"] == 1
+    first_leg = torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)
+    assert first_leg["step"] == 1
     run(train_args(tmp_path / "resumed", manifest, "--ema", "0.5", "--resume"))
     resumed = torch.load(tmp_path / "resumed" / "run" / "last.pt", weights_only=True)
     assert resumed["step"] == straight["step"] == 6
+    assert resumed["train_seconds"] > first_leg["train_seconds"] > 0  # wall time adds up over the legs
     for part in ("model", "ema"):
         for key, value in straight[part].items():
             assert torch.equal(value, resumed[part][key]), f"{part}.{key}"
@@ -182,7 +184,7 @@ def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
     average = {k.removeprefix("module."): v for k, v in straight["ema"].items() if k.startswith("module.")}
     assert any(not torch.equal(average[key], value) for key, value in straight["model"].items())
     best = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)
-    assert best["meta"]["trained_steps"] == 6
+    assert best["meta"]["trained_steps"] == 6 and best["meta"]["train_minutes"] >= 0
     assert all(torch.equal(average[key], value) for key, value in best["model"].items())
 
     h = Harmonizer.load(tmp_path / "straight" / "best.pt", device="cpu")
