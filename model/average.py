@@ -1,11 +1,13 @@
 """Average the weights of a model before and after fine-tuning (WiSE-FT: Wortsman et al., CVPR 2022).
 
-    s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt [--weight 0.5]
+    s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt [--weight 0.5] [--photos MANIFEST]
 
 Fine-tuning fits the training distribution better and can cost robustness elsewhere; the weights part of the way
 between the two models often keep most of the gain and lose most of the cost. Both files must come from the same
 run of `--init` fine-tuning (same backbone and shapes). AFTER's config is kept; input columns BEFORE lacks (an
 embedding that `--init` widened, e.g. seam statistics) count as zero, as they were when fine-tuning started.
+The average of two networks' BatchNorm statistics is not the statistics of their averaged weights: with
+`--photos` they are measured anew on training pairs, as training does for its weight average (`--ema`).
 """
 
 import argparse
@@ -13,9 +15,10 @@ import hashlib
 import logging
 from pathlib import Path
 
+from .data import PhotoSource
 from .harmonizer import Harmonizer, save_weights
-from .network import S2CRNet
-from .train import load_initial_weights
+from .network import S2CRNet, recompute_batch_norm
+from .train import batch_norm_thumbnails, load_initial_weights
 
 __all__ = ["add_arguments", "run", "average_weights"]
 
@@ -28,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="where to write the averaged weights")
     p.add_argument("--weight", type=_share, default=0.5,
                    help="share of AFTER in the average: 0 gives BEFORE, 1 gives AFTER (default 0.5)")
+    p.add_argument("--photos", type=Path, default=None,
+                   help="training photo manifest: measure the average's BatchNorm statistics on its pairs")
+    p.add_argument("--size", type=int, default=256, help="with --photos: the training image side")
 
 
 def average_weights(before: Path, tuned: S2CRNet, weight: float) -> S2CRNet:
@@ -47,8 +53,11 @@ def average_weights(before: Path, tuned: S2CRNet, weight: float) -> S2CRNet:
 def run(args) -> int:
     after = Harmonizer.load(args.after, device="cpu")
     net = average_weights(args.before, after.net, args.weight)
+    if args.photos is not None:
+        recompute_batch_norm(net, batch_norm_thumbnails([PhotoSource(args.photos)], net.config, args.size, seed=1))
     meta = {"average": {"before": str(args.before), "before_sha256": _sha256(args.before), "after": str(args.after),
-                        "after_sha256": after.sha256, "weight_of_after": args.weight},
+                        "after_sha256": after.sha256, "weight_of_after": args.weight,
+                        "batch_norm_from": str(args.photos) if args.photos else None},
             "after_meta": after.meta}
     save_weights(args.out, net, meta)
     log.info("wrote %s: %.2f × %s + %.2f × %s", args.out, 1 - args.weight, args.before, args.weight, args.after)

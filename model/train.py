@@ -10,6 +10,7 @@ Same as `python -m model.train ...`. Interrupted? Add `--resume`: it continues e
 """
 
 import argparse
+import copy
 import logging
 import math
 import sys
@@ -26,11 +27,12 @@ from .backbones import list_backbones
 from .config import ModelConfig
 from .data import UNTOUCHED_SHARE, VAL_SEED, HarmonyPairs, IHarmonySource, PhotoSource
 from .harmonizer import resolve_device, save_weights
-from .network import S2CRNet, count_parameters
+from .network import S2CRNet, count_parameters, recompute_batch_norm
 
 __all__ = ["add_arguments", "run", "main"]
 
 log = logging.getLogger(__name__)
+BATCH_NORM_SAMPLES = 256  # training pairs that measure the weight average's BatchNorm statistics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,6 +149,13 @@ def build_sources(args, split: str) -> list:
     return sources
 
 
+def batch_norm_thumbnails(sources: list, config: ModelConfig, size: int, seed: int) -> list[torch.Tensor]:
+    """Fixed training thumbnails on which averaged weights get BatchNorm statistics of their own
+    (model.network.recompute_batch_norm)."""
+    pairs = HarmonyPairs(sources, config.categories, config.thumb, size, seed, BATCH_NORM_SAMPLES)
+    return [batch["thumbs"] for batch in torch.utils.data.DataLoader(pairs, batch_size=32)]
+
+
 @torch.no_grad()
 def estimate_quality(net: S2CRNet, val: list[dict], device) -> dict[str, float]:
     """MSE / fMSE (0–255 scale) of the last stage and of doing nothing, on the fixed validation pairs."""
@@ -218,6 +227,7 @@ def run(args) -> dict:
     val_set = HarmonyPairs(build_sources(args, "val"), config.categories, config.thumb, args.size,
                            VAL_SEED, args.val_samples)
     val = list(torch.utils.data.DataLoader(val_set, batch_size=32))
+    norm_thumbs = batch_norm_thumbnails(train_set.sources, config, args.size, args.seed + 1) if ema else []
     remaining = range(step * args.batch_size, len(train_set))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, remaining), batch_size=args.batch_size,
                                          num_workers=args.workers, prefetch_factor=4 if args.workers else None,
@@ -239,7 +249,10 @@ def run(args) -> dict:
 
     def validate():
         nonlocal best
-        scored = net if ema is None else ema.module
+        scored = net
+        if ema is not None:
+            scored = copy.deepcopy(ema.module)
+            recompute_batch_norm(scored, norm_thumbs)
         quality = estimate_quality(scored, val, device)
         line = (f"step {step}: val MSE {quality['mse']:.1f} (do nothing {quality['baseline_mse']:.1f}), "
                 f"fMSE {quality['fmse']:.1f} (do nothing {quality['baseline_fmse']:.1f})")

@@ -13,7 +13,7 @@ from conftest import real_pair
 
 from model import PAPER_CONFIG, ModelConfig, S2CRNet, count_parameters
 from model.backbones import BACKBONE_CHANNELS, create_backbone, list_backbones
-from model.network import QUANTILES, STATS_PER_CHANNEL, color_statistics, seam_statistics
+from model.network import QUANTILES, STATS_PER_CHANNEL, color_statistics, recompute_batch_norm, seam_statistics
 from model.thumbnails import make_thumbnails
 
 OPTIONS = [
@@ -191,6 +191,31 @@ def test_seam_statistics_extend_the_background_embedding():
             f_fg, f_bg = net.forward_features(thumbs)
         sizes[seam] = (f_fg.shape[1], f_bg.shape[1])
     assert sizes[True] == (sizes[False][0], sizes[False][1] + 3 * STATS_PER_CHANNEL)
+
+
+def test_recomputed_batch_norm_statistics_are_those_of_the_batches():
+    torch.manual_seed(0)
+    net = S2CRNet(ModelConfig(thumb=96))
+    thumbs = torch.rand(32, 8, 96, 96)  # enough values per channel that biased and unbiased variances agree
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics that match nothing, as an average of them may
+            m.running_mean.fill_(0.5)
+            m.running_var.fill_(0.05)
+
+    def eval_error() -> float:
+        """How far eval mode (running statistics) is from train mode (the batch's own statistics)."""
+        with torch.no_grad():
+            measured = net.eval().forward_features(thumbs)[0]
+            own = net.train().forward_features(thumbs)[0]
+        return float((measured - own).abs().max() / own.abs().max())
+
+    before = eval_error()
+    recompute_batch_norm(net, [thumbs])
+    assert net.training  # left in the mode it was in
+    after = eval_error()
+    assert after < 0.02 and before > 10 * after, (before, after)
+    momenta = {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}  # restored for training
 
 
 def test_config_round_trip_and_validation():
