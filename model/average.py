@@ -15,10 +15,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .data import PhotoSource
 from .harmonizer import Harmonizer, save_weights
-from .network import S2CRNet, recompute_batch_norm
-from .train import batch_norm_thumbnails, load_initial_weights
+from .network import S2CRNet
+from .renorm import remeasure_batch_norm
+from .train import load_initial_weights
 
 __all__ = ["add_arguments", "run", "average_weights"]
 
@@ -54,7 +54,7 @@ def run(args) -> int:
     after = Harmonizer.load(args.after, device="cpu")
     net = average_weights(args.before, after.net, args.weight)
     if args.photos is not None:
-        recompute_batch_norm(net, batch_norm_thumbnails([PhotoSource(args.photos)], net.config, args.size, seed=1))
+        remeasure_batch_norm(net, args.photos, args.size)
     meta = {"average": {"before": str(args.before), "before_sha256": _sha256(args.before), "after": str(args.after),
                         "after_sha256": after.sha256, "weight_of_after": args.weight,
                         "batch_norm_from": str(args.photos) if args.photos else None},

@@ -1,9 +1,9 @@
 """Train S²CRNet from scratch on recoloured real photos (and/or iHarmony4), on a CPU or a GPU.
 
-Train on the shared photos (2 CPU cores: about 1.8 steps/s; MODEL_CARD.md has the shipped weights' recipe —
-three stages and a weight average — with time and quality):
+The defaults are the from-scratch recipe that fits 2 hours on 2 CPU cores (about 2.5 steps/s; MODEL_CARD.md has its
+quality, and the longer three-stage recipe of the shipped weights):
 
-    s2crnet train --photos ../shared/data/photos/manifest.csv --steps 6500 --run-dir runs/mine --out runs/mine/best.pt
+    s2crnet train --photos ../shared/data/photos/manifest.csv --threads 2 --run-dir runs/mine
 
 Same as `python -m model.train ...`. Interrupted? Add `--resume`: it continues exactly from the last checkpoint in
 --run-dir (model, optimizer, schedule, data order). With iHarmony4: `--iharmony /data/HAdobe5k --iharmony ...`.
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="photo manifest.csv (recoloured on the fly); repeatable")
     g.add_argument("--iharmony", type=Path, action="append", default=[],
                    help="iHarmony4-format folder, its *_train.txt split; repeatable")
-    g.add_argument("--size", type=int, default=256, help="training image side: the loss is computed at size²")
+    g.add_argument("--size", type=int, default=192, help="training image side: the loss is computed at size²")
     g.add_argument("--untouched-share", type=float, default=UNTOUCHED_SHARE,
                    help="share of training photos left as they are (validation always uses the default)")
     g = p.add_argument_group("model")
@@ -61,12 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from these weights; parameters the file lacks (e.g. a new --head-hidden) start fresh")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=24)
-    g.add_argument("--steps", type=int, default=6000)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--steps", type=int, default=16000)
+    g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay")
+    g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
-    g.add_argument("--ema", type=float, default=0.0,
+    g.add_argument("--ema", type=float, default=0.999,
                    help="validate and save an exponential moving average of the weights with this decay (0 = off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -79,8 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "weights are only replaced on purpose)")
     g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and log")
     g.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    g.add_argument("--val-every", type=int, default=250, help="steps between validations")
-    g.add_argument("--val-samples", type=int, default=192, help="fixed held-out pairs scored at each validation")
+    g.add_argument("--val-every", type=int, default=1000, help="steps between validations")
+    g.add_argument("--val-samples", type=int, default=768, help="fixed held-out pairs scored at each validation")
     g.add_argument("--checkpoint-minutes", type=float, default=3.0)
     g.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
 

@@ -20,6 +20,8 @@ from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
 from model.evaluate import run as run_eval
 from model.harmonizer import save_weights
+from model.renorm import add_arguments as add_renorm_arguments
+from model.renorm import run as run_renorm
 from model.train import add_arguments, load_initial_weights, masked_l1, run
 
 
@@ -142,7 +144,7 @@ def test_training_steps_lower_the_loss():
     composite = images.clone()
     composite[:, 0] = images[:, 0] + masks[:, 0] * (images[:, 0] ** 0.5 - images[:, 0])  # brighten red inside
     thumbs = torch.cat([composite, masks, composite, masks], 1)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)  # the training default
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)  # a from-scratch rate
     losses = []
     for _ in range(80):
         loss = sum(masked_l1(o, images, masks) for o in net(thumbs, composite, masks))
@@ -260,6 +262,27 @@ def test_average_lies_between_the_weights_before_and_after_fine_tuning(tmp_path)
     assert torch.equal(measured[weight], middle[weight])
     statistic = "backbone.0.1.running_mean"
     assert not torch.allclose(measured[statistic], middle[statistic], atol=1e-3)
+
+
+def test_renorm_measures_batch_norm_statistics_and_keeps_every_weight(tmp_path):
+    torch.manual_seed(0)
+    net = S2CRNet(ModelConfig(thumb=32)).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics an average of two networks' statistics may give
+            m.running_var.fill_(25.0)
+    save_weights(tmp_path / "averaged.pt", net, meta={"note": "kept"})
+    parser = argparse.ArgumentParser()
+    add_renorm_arguments(parser)
+    run_renorm(parser.parse_args([str(tmp_path / "averaged.pt"), "--photos", str(tiny_manifest(tmp_path, 40)),
+                                  "--size", "48", "--out", str(tmp_path / "mended.pt")]))
+    mended = Harmonizer.load(tmp_path / "mended.pt", device="cpu")
+    before, after = net.state_dict(), mended.net.state_dict()
+    for key, value in before.items():
+        if key.endswith(("running_mean", "running_var")):
+            assert not torch.allclose(value, after[key]), key
+        elif not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, after[key]), key
+    assert mended.meta["note"] == "kept" and mended.meta["batch_norm_remeasured"]["size"] == 48
 
 
 def test_best_weights_go_to_the_run_dir_unless_out_is_given(tmp_path):
