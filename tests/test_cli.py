@@ -324,9 +324,9 @@ def test_folder_resume_skips_existing_outputs(tmp_path):
 
 def test_folder_interrupted_then_resumed(tmp_path):
     composites, masks, out = tmp_path / "composites", tmp_path / "masks", tmp_path / "out"
-    count = 30
+    count, size = 60, (960, 720)  # seconds of work, so the interrupt lands mid-run even when this process lags
     for i in range(count):
-        write_pair(composites, masks, i, f"c{i:02d}.jpg", f"c{i:02d}.png", size=(320, 240))
+        write_pair(composites, masks, i, f"c{i:02d}.jpg", f"c{i:02d}.png", size=size)
     command = [str(S2CRNET), "harmonize", "--composites", str(composites), "--masks", str(masks),
                "-o", str(out), "--progress", "--batch-size", "2"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -346,7 +346,7 @@ def test_folder_interrupted_then_resumed(tmp_path):
     resumed = run_cli("harmonize", "--composites", composites, "--masks", masks, "-o", out)
     assert resumed.returncode == 0 and summary_counts(resumed) == (count - len(done), len(done), 0, 0)
     for path in out.iterdir():
-        assert Image.open(path).size == (320, 240)
+        assert Image.open(path).size == size
 
 
 def test_folder_recursive_mirrors_sub_folders(tmp_path):
