@@ -150,6 +150,8 @@ def recompute_batch_norm(net: S2CRNet, thumbs: list[torch.Tensor]) -> None:
     the held-out pairs it made an EMA model score 287 MSE where the same weights with their own statistics
     scored 152. Same as torch.optim.swa_utils.update_bn, for a network whose input is more than one tensor."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:  # the paper's backbone (norm "none"): nothing to measure, so no forward passes
+        return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

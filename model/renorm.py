@@ -31,7 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def remeasure_batch_norm(net: S2CRNet, photos: Path, size: int) -> None:
     """The same 256 fixed training pairs training measures its weight average on (seed 1)."""
     recompute_batch_norm(net, batch_norm_thumbnails([PhotoSource(photos)], net.config, size, seed=1))
-    net.eval()
 
 
 def run(args) -> int:
