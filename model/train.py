@@ -199,7 +199,8 @@ def run(args) -> dict:
     if args.init is not None and checkpoint is None:
         load_initial_weights(net, args.init)
     net = net.to(device)
-    # The average's BatchNorm statistics are averaged too (use_buffers), so it validates as it is.
+    # use_buffers averages BatchNorm statistics too; they don't fit the averaged weights, so validate() measures
+    # fresh ones on a copy and leaves these for an exact --resume.
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     disc = d_optimizer = None
