@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from these weights; parameters the file lacks (e.g. a new --head-hidden) start fresh")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=24)
-    g.add_argument("--steps", type=int, default=16000)
+    g.add_argument("--steps", type=int, default=12000)
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
