@@ -1,6 +1,6 @@
 """Train S²CRNet from scratch on recoloured real photos (and/or iHarmony4), on a CPU or a GPU.
 
-The defaults are the from-scratch recipe that fits 2 hours on 2 CPU cores (about 2.5 steps/s; MODEL_CARD.md has its
+The defaults are the from-scratch recipe that fits 2 hours on 2 CPU cores (about 1.8 steps/s; MODEL_CARD.md has its
 quality, and the longer three-stage recipe of the shipped weights):
 
     s2crnet train --photos ../shared/data/photos/manifest.csv --threads 2 --run-dir runs/mine
