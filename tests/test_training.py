@@ -81,14 +81,6 @@ def test_validation_split_is_stable_and_about_ten_percent():
     assert val == [i for i in ids if is_validation(i)]
 
 
-def write_manifest(path, rows: list[dict]):
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def tiny_manifest(tmp_path, n: int = 12):
     """A manifest of small crops of the real shared photos, so data loading takes milliseconds."""
     with (PHOTOS / "manifest.csv").open(newline="") as f:
@@ -102,7 +94,12 @@ def tiny_manifest(tmp_path, n: int = 12):
             im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
         row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
         row["id"] = f"tiny/{stem}"
-    return write_manifest(tmp_path / "manifest.csv", rows)
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
 
 
 def test_colour_contrast_is_the_lab_distance_between_object_and_surroundings():
@@ -131,7 +128,12 @@ def two_photo_manifest(tmp_path):
         Image.fromarray(image).save(tmp_path / f"{stem}.png")
         Image.fromarray(mask).save(tmp_path / f"{stem}_mask.png")
         rows.append({"id": photo_id, "image": f"{stem}.png", "mask": f"{stem}_mask.png", "category": "other"})
-    return write_manifest(tmp_path / "manifest.csv", rows)
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
 
 
 @pytest.mark.parametrize("draw", ["contrast", "uniform"])
