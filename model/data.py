@@ -22,11 +22,11 @@ from .config import UNKNOWN
 from .thumbnails import make_thumbnails
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "read_iharmony_split",
-           "recolour", "colour_contrast", "lab_to_rgb", "IHARMONY_LABELS", "VAL_SEED"]
+           "recolour", "lab_to_rgb", "IHARMONY_LABELS", "VAL_SEED"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
-UNTOUCHED_SHARE = 0.1  # validation's share (the held-out pairs never change); training asks for its own
+UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
 # iHarmony4 labels.txt classes as the S²CRNet authors use them → our category names
 IHARMONY_LABELS = {"person": "person", "animal": "animal", "food": "other", "others": "other"}
@@ -169,28 +169,11 @@ def _load_mask(path: Path, size: tuple[int, int]) -> Image.Image:
     return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
 
 
-def colour_contrast(image: Array, mask: Array) -> float:
-    """Distance (ΔE, CIE76) between the object's and the rest's mean Lab colour; every 4th pixel is plenty."""
-    image, inside = image[::4, ::4], mask[::4, ::4] > 127
-    if inside.sum() < 2 or (~inside).sum() < 2:
-        return 0.0
-    lab = color.rgb2lab(image)
-    return float(np.linalg.norm(lab[inside].mean(0) - lab[~inside].mean(0)))
-
-
 class PhotoSource:
-    """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`.
-
-    untouched_draw="contrast" picks the photos of untouched pairs in proportion to their object's squared colour
-    contrast with its surroundings (`colour_contrast`²) instead of uniformly: in a photo, an object that differs
-    strongly from its surroundings is usually meant to (a golden loaf under a grey sky), and the recoloured pairs
-    alone teach that such contrast is always a mismatch to remove.
-    """
+    """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`."""
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
-                 untouched_share: float = UNTOUCHED_SHARE, untouched_draw: str = "uniform"):
-        if untouched_draw not in ("uniform", "contrast"):
-            raise ValueError(f"untouched_draw must be 'uniform' or 'contrast', not {untouched_draw!r}")
+                 untouched_share: float = UNTOUCHED_SHARE):
         manifest = Path(manifest)
         self.untouched_share = untouched_share
         with manifest.open(newline="") as f:
@@ -203,19 +186,11 @@ class PhotoSource:
         self.images = [np.asarray(_load_rgb(root / r["image"], max_side)) for r in rows]
         self.masks = [np.asarray(_load_mask(root / r["mask"], (im.shape[1], im.shape[0])))
                       for r, im in zip(rows, self.images, strict=True)]
-        self.untouched_odds = None  # uniform: recolour() decides, which keeps the held-out pairs as they always were
-        if untouched_draw == "contrast":
-            contrast = np.array([colour_contrast(im, m) for im, m in zip(self.images, self.masks, strict=True)])
-            self.untouched_odds = contrast ** 2 / (contrast ** 2).sum() if contrast.any() else None
 
     def __len__(self):
         return len(self.images)
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
-        if self.untouched_odds is not None and rng.random() < self.untouched_share:
-            i = int(rng.choice(len(self), p=self.untouched_odds))
-            real, mask = _augment(rng, self.images[i], self.masks[i], size)
-            return Pair(real.copy(), real, mask, self.categories[i])
         i = int(rng.integers(len(self)))
         real, mask = _augment(rng, self.images[i], self.masks[i], size)
         j = int(rng.integers(len(self)))
@@ -224,8 +199,7 @@ class PhotoSource:
         kind = rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
-        untouched_share = self.untouched_share if self.untouched_odds is None else 0.0  # already drawn above
-        return Pair(recolour(rng, real, mask, donor, untouched_share), real, mask, self.categories[i])
+        return Pair(recolour(rng, real, mask, donor, self.untouched_share), real, mask, self.categories[i])
 
 
 def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:

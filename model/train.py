@@ -42,11 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iharmony", type=Path, action="append", default=[],
                    help="iHarmony4-format folder, its *_train.txt split; repeatable")
     g.add_argument("--size", type=int, default=192, help="training image side: the loss is computed at size²")
-    g.add_argument("--untouched-share", type=float, default=0.15,
-                   help=f"share of training photos left as they are (validation keeps {UNTOUCHED_SHARE})")
-    g.add_argument("--untouched-draw", default="contrast", choices=["contrast", "uniform"],
-                   help="which photos stay untouched: favouring objects whose colour differs strongly from their "
-                        "surroundings, or any (validation: any)")
+    g.add_argument("--untouched-share", type=float, default=UNTOUCHED_SHARE,
+                   help="share of training photos left as they are (validation always uses the default)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="squeezenet", choices=list_backbones())
     g.add_argument("--thumb", type=int, default=ModelConfig.thumb)
@@ -141,12 +138,11 @@ def load_initial_weights(net: S2CRNet, path: Path) -> None:
 
 
 def build_sources(args, split: str) -> list:
+    untouched = args.untouched_share if split == "train" else UNTOUCHED_SHARE
+    sources = [PhotoSource(m, split, untouched_share=untouched) for m in args.photos]
     if split == "train":
-        sources = [PhotoSource(m, split, untouched_share=args.untouched_share, untouched_draw=args.untouched_draw)
-                   for m in args.photos]
         sources += [IHarmonySource(root, "train") for root in args.iharmony]
-    else:  # the held-out pairs never change; iHarmony4 has no validation split: its test lists are for eval
-        sources = [PhotoSource(m, split) for m in args.photos]
+    else:  # iHarmony4 has no validation split of its own: its test lists are for `s2crnet eval`
         sources += [IHarmonySource(root, "test") for root in args.iharmony if not args.photos]
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")

@@ -10,29 +10,19 @@ import pytest
 import torch
 from conftest import PHOTOS, SAMPLES
 from PIL import Image
-from skimage import color
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
 from model.average import add_arguments as add_average_arguments
 from model.average import average_weights
 from model.average import run as run_average
-from model.data import (
-    UNTOUCHED_SHARE,
-    VAL_SEED,
-    HarmonyPairs,
-    PhotoSource,
-    colour_contrast,
-    is_validation,
-    read_iharmony_split,
-    recolour,
-)
+from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
 from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
 from model.evaluate import run as run_eval
 from model.harmonizer import save_weights
 from model.renorm import add_arguments as add_renorm_arguments
 from model.renorm import run as run_renorm
-from model.train import add_arguments, build_sources, load_initial_weights, masked_l1, run
+from model.train import add_arguments, load_initial_weights, masked_l1, run
 
 
 def photo_and_mask(seed: int = 0, size: int = 64):
@@ -100,69 +90,6 @@ def tiny_manifest(tmp_path, n: int = 12):
         writer.writeheader()
         writer.writerows(rows)
     return manifest
-
-
-def test_colour_contrast_is_the_lab_distance_between_object_and_surroundings():
-    image = np.full((16, 16, 3), (200, 60, 40), np.uint8)
-    mask = np.zeros((16, 16), np.uint8)
-    mask[4:12, 4:12] = 255
-    image[mask > 0] = (40, 90, 200)
-    lab = color.rgb2lab(np.array([[(40, 90, 200), (200, 60, 40)]], np.uint8))[0]
-    assert colour_contrast(image, mask) == pytest.approx(np.linalg.norm(lab[0] - lab[1]), rel=1e-5)
-    assert colour_contrast(np.full_like(image, 90), mask) == pytest.approx(0, abs=1e-6)
-    assert colour_contrast(image, np.zeros_like(mask)) == 0  # no object: nothing to compare
-
-
-def two_photo_manifest(tmp_path):
-    """A training photo whose object contrasts strongly with its surroundings (red on blue), one where it barely
-    does (grey on grey)."""
-    ids = [f"synthetic/{i}" for i in range(40) if not is_validation(f"synthetic/{i}")][:2]
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:48, 16:48] = 255
-    rows = []
-    colours = [((220, 30, 30), (30, 40, 200)), ((128, 128, 128), (120, 120, 120))]  # (object, surroundings)
-    for photo_id, (inside, outside) in zip(ids, colours, strict=True):
-        image = np.full((64, 64, 3), outside, np.uint8)
-        image[mask > 0] = inside
-        stem = photo_id.replace("/", "_")
-        Image.fromarray(image).save(tmp_path / f"{stem}.png")
-        Image.fromarray(mask).save(tmp_path / f"{stem}_mask.png")
-        rows.append({"id": photo_id, "image": f"{stem}.png", "mask": f"{stem}_mask.png", "category": "other"})
-    manifest = tmp_path / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
-
-
-@pytest.mark.parametrize("draw", ["contrast", "uniform"])
-def test_untouched_pairs_favour_contrasting_objects_when_asked(tmp_path, draw):
-    source = PhotoSource(two_photo_manifest(tmp_path), "train", untouched_share=1.0, untouched_draw=draw)
-    pairs = [source.sample(np.random.default_rng(i), 32) for i in range(60)]
-    assert all(np.array_equal(pair.composite, pair.real) for pair in pairs)
-    red_object = sum(int(pair.real[..., 0].max() > 200) for pair in pairs)
-    if draw == "contrast":  # odds ∝ contrast²: ΔE ≈ 180 against ≈ 3
-        assert red_object == 60
-    else:
-        assert 15 <= red_object <= 45
-
-
-def test_contrast_draw_keeps_the_untouched_share(tmp_path):
-    manifest = tiny_manifest(tmp_path, 20)
-    source = PhotoSource(manifest, "train", untouched_share=0.3, untouched_draw="contrast")
-    pairs = [source.sample(np.random.default_rng(i), 48) for i in range(200)]
-    assert 0.2 <= np.mean([np.array_equal(pair.composite, pair.real) for pair in pairs]) <= 0.4
-    with pytest.raises(ValueError, match="untouched_draw"):
-        PhotoSource(manifest, untouched_draw="sometimes")
-
-
-def test_validation_pairs_ignore_the_training_untouched_options(tmp_path):
-    args = argparse.Namespace(photos=[tiny_manifest(tmp_path, 60)], iharmony=[], untouched_share=0.9,
-                              untouched_draw="contrast")
-    train, val = build_sources(args, "train")[0], build_sources(args, "val")[0]
-    assert train.untouched_share == 0.9 and train.untouched_odds is not None
-    assert val.untouched_share == UNTOUCHED_SHARE and val.untouched_odds is None
 
 
 def test_photo_source_splits_are_disjoint(tmp_path):
