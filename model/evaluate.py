@@ -8,7 +8,8 @@
 Protocol: predict at full resolution; resize composite, prediction and real to 256×256 (bicubic) and the mask
 too (thresholded at half); MSE over the image, fMSE over the foreground (Σ_fg err² / (3·N_fg)), PSNR, fPSNR
 (data range 255, capped at 100 dB) and SSIM (scikit-image); "All" is the mean over images, plus one row per
-iHarmony4 subset.
+iHarmony4 subset. "worse" is the share of images a method leaves more than 20% worse (MSE) than the composite,
+the issue's per-image bar: a mean can hide the few it spoils.
 """
 
 import argparse
@@ -34,6 +35,7 @@ SUBSETS = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
 METHODS = ("do nothing", "Lab mean/std", "S2CRNet")
 METRICS = ("mse", "fmse", "psnr", "fpsnr", "ssim")
 PSNR_CAP = 100.0  # dB
+WORSE_MARGIN = 1.2  # "worse": MSE above 1.2 × the composite's
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,8 +144,14 @@ def evaluate(harmonizer: Harmonizer, items: list[dict], full_res: bool = False, 
     return rows, sheet_rows
 
 
+def _made_worse(row: dict, method: str) -> bool:
+    composite = "do nothing full-res" if method.endswith("full-res") else "do nothing"
+    return row[method]["mse"] > WORSE_MARGIN * row[composite]["mse"]
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Mean of every metric per method, for All and for each iHarmony4 subset present."""
+    """Mean of every metric per method, and the share of images it made worse, for All and for each iHarmony4
+    subset present."""
     groups = defaultdict(list)
     for row in rows:
         groups["All"].append(row)
@@ -154,18 +162,20 @@ def summarise(rows: list[dict]) -> dict:
     for group, members in groups.items():
         methods = [m for m in members[0] if m != "name"]
         summary[group] = {"n": len(members), **{
-            m: {k: float(np.mean([r[m][k] for r in members])) for k in METRICS} for m in methods}}
+            m: {**{k: float(np.mean([r[m][k] for r in members])) for k in METRICS},
+                "worse": float(np.mean([_made_worse(r, m) for r in members]))} for m in methods}}
     return summary
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'subset':<11}{'n':>4}  {'method':<22}{'MSE':>9}{'fMSE':>10}{'PSNR':>8}{'fPSNR':>8}{'SSIM':>7}"]
+    lines = [f"{'subset':<11}{'n':>4}  {'method':<22}{'MSE':>9}{'fMSE':>10}{'PSNR':>8}{'fPSNR':>8}{'SSIM':>7}"
+             f"{'worse':>7}"]
     for group, data in summary.items():
         for method, m in data.items():
             if method == "n":
                 continue
             lines.append(f"{group:<11}{data['n']:>4}  {method:<22}{m['mse']:>9.1f}{m['fmse']:>10.1f}"
-                         f"{m['psnr']:>8.2f}{m['fpsnr']:>8.2f}{m['ssim']:>7.3f}")
+                         f"{m['psnr']:>8.2f}{m['fpsnr']:>8.2f}{m['ssim']:>7.3f}{m['worse']:>7.0%}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from model.average import average_weights
 from model.average import run as run_average
 from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
 from model.evaluate import add_arguments as add_eval_arguments
-from model.evaluate import evaluate, find_items, lab_transfer, score, summarise
+from model.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
 from model.evaluate import run as run_eval
 from model.harmonizer import save_weights
 from model.renorm import add_arguments as add_renorm_arguments
@@ -306,6 +306,25 @@ def test_metrics_match_hand_computed_values():
     assert m["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 25))
     assert m["fpsnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
     assert score(real, real, fg)["ssim"] == pytest.approx(1.0)
+
+
+def test_summary_counts_the_images_a_method_makes_more_than_20_percent_worse():
+    def row(name, composite, ours, composite_full, ours_full):
+        metrics = {k: 0.0 for k in ("fmse", "psnr", "fpsnr", "ssim")}
+        return {"name": name, "do nothing": {**metrics, "mse": composite}, "S2CRNet": {**metrics, "mse": ours},
+                "do nothing full-res": {**metrics, "mse": composite_full},
+                "S2CRNet full-res": {**metrics, "mse": ours_full}}
+    rows = [row("a1_1_1.jpg", 100, 121, 100, 50),  # worse at 256² only
+            row("a2_1_1.jpg", 100, 120, 10, 13),   # exactly 20% worse is not worse; full-res +30% is
+            row("f3_1_1.jpg", 0, 1, 0, 0),         # an untouched composite: any change spoils it
+            row("f4_1_1.jpg", 200, 20, 200, 20)]
+    summary = summarise(rows)
+    assert summary["All"]["S2CRNet"]["worse"] == pytest.approx(2 / 4)
+    assert summary["All"]["S2CRNet full-res"]["worse"] == pytest.approx(1 / 4)  # against the full-res composite
+    assert summary["All"]["do nothing"]["worse"] == 0
+    assert summary["HAdobe5k"]["S2CRNet"]["worse"] == pytest.approx(1 / 2)
+    assert summary["HFlickr"]["S2CRNet"]["worse"] == pytest.approx(1 / 2)
+    assert "worse" in format_table(summary).splitlines()[0] and format_table(summary).splitlines()[2].endswith(" 50%")
 
 
 def test_eval_of_a_manifest_scores_the_held_out_training_pairs(tmp_path, capsys):
