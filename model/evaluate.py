@@ -149,6 +149,11 @@ def _made_worse(row: dict, method: str) -> bool:
     return row[method]["mse"] > WORSE_MARGIN * row[composite]["mse"]
 
 
+def _summarise_method(members: list[dict], method: str) -> dict:
+    means = {k: float(np.mean([r[method][k] for r in members])) for k in METRICS}
+    return {**means, "worse": float(np.mean([_made_worse(r, method) for r in members]))}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean of every metric per method, and the share of images it made worse, for All and for each iHarmony4
     subset present."""
@@ -161,9 +166,7 @@ def summarise(rows: list[dict]) -> dict:
     summary = {}
     for group, members in groups.items():
         methods = [m for m in members[0] if m != "name"]
-        summary[group] = {"n": len(members), **{
-            m: {**{k: float(np.mean([r[m][k] for r in members])) for k in METRICS},
-                "worse": float(np.mean([_made_worse(r, m) for r in members]))} for m in methods}}
+        summary[group] = {"n": len(members), **{m: _summarise_method(members, m) for m in methods}}
     return summary
 
 
