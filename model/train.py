@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
+    g.add_argument("--mismatch-scale", type=float, default=0.0,
+                   help="weigh each image by 1 / (its composite's relative L1 + this), in 0-1 pixel units "
+                        "(0 = the paper's equal weights)")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
     g.add_argument("--ema", type=float, default=0.999,
                    help="validate and save an exponential moving average of the weights with this decay (0 = off)")
@@ -93,10 +96,27 @@ def get_lr(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def masked_l1(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The paper's relative L1: Σ|ŷ − y|·m / Σm per image, averaged over the batch."""
-    per_image = ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
-    return per_image.mean()
+def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The paper's relative L1 of each image: Σ|ŷ − y|·m / Σm."""
+    return ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+
+
+def masked_l1(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
+              image_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's loss: the relative L1 averaged over the batch (weighted if given)."""
+    per_image = masked_l1_per_image(pred, real, mask)
+    return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
+
+
+def mismatch_weights(composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-image loss weights ∝ 1 / (the composite's own relative L1 + scale), averaging 1 over the batch.
+
+    An image then counts by the share of its own mismatch left, as the "no image made more than 20% worse" bar
+    does: a mild mismatch weighs as much as a large one instead of a few times less. `scale` keeps untouched
+    pairs (mismatch 0) from dominating.
+    """
+    weights = 1.0 / (masked_l1_per_image(composite, real, mask) + scale)
+    return weights / weights.mean()
 
 
 class Discriminator(nn.Module):
@@ -277,7 +297,10 @@ def run(args) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, args)
         outputs = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])
-        loss = sum(masked_l1(out, batch["real"], batch["mask"]) for out in outputs)
+        weights = None
+        if args.mismatch_scale:
+            weights = mismatch_weights(batch["composite"], batch["real"], batch["mask"], args.mismatch_scale)
+        loss = sum(masked_l1(out, batch["real"], batch["mask"], weights) for out in outputs)
         if disc is not None:
             fake_score = disc(outputs[-1], batch["mask"])
             loss = loss + args.gan_weight * ((fake_score - 1) ** 2).mean()

@@ -22,7 +22,7 @@ from model.evaluate import run as run_eval
 from model.harmonizer import save_weights
 from model.renorm import add_arguments as add_renorm_arguments
 from model.renorm import run as run_renorm
-from model.train import add_arguments, load_initial_weights, masked_l1, run
+from model.train import add_arguments, load_initial_weights, masked_l1, mismatch_weights, run
 
 
 def photo_and_mask(seed: int = 0, size: int = 64):
@@ -155,6 +155,20 @@ def test_training_steps_lower_the_loss():
     assert min(losses[-5:]) < 0.4 * losses[0]
 
 
+def test_mismatch_weights_favour_mild_mismatches_and_average_one():
+    real = torch.full((3, 3, 8, 8), 0.5)
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    composite = real + mask * torch.tensor([0.0, 0.05, 0.2]).view(3, 1, 1, 1)  # untouched, mild, strong
+    composite[:, :, 0, 0] = 0.9  # outside the mask: must not count
+    weights = mismatch_weights(composite, real, mask, scale=0.05)
+    assert weights.mean().item() == pytest.approx(1.0)
+    inverse = 1 / torch.tensor([0.05, 0.10, 0.25])  # 1 / (the composite's relative L1 + scale)
+    assert torch.allclose(weights, inverse / inverse.mean())
+    # Per-image L1 0, 0.05 and 0.2 against weights 20 : 10 : 4, scaled to average 1.
+    assert masked_l1(composite, real, mask, weights).item() == pytest.approx((0.05 * 10 + 0.2 * 4) / 34)
+
+
 def train_args(tmp_path, manifest, *extra):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -195,6 +209,16 @@ def test_training_run_writes_loadable_weights_and_resume_is_exact(tmp_path):
 
     h = Harmonizer.load(tmp_path / "straight" / "best.pt", device="cpu")
     assert h.config.thumb == 32 and h.meta["trained_steps"] > 0
+
+
+def test_mismatch_scale_changes_what_a_training_run_learns(tmp_path):
+    manifest = tiny_manifest(tmp_path, 40)
+    run(train_args(tmp_path / "equal", manifest, "--steps", "3"))
+    run(train_args(tmp_path / "weighted", manifest, "--steps", "3", "--mismatch-scale", "0.05"))
+    equal, weighted = (torch.load(tmp_path / name / "run" / "last.pt", weights_only=True)["model"]
+                       for name in ("equal", "weighted"))
+    assert weighted["crms.0.bg_proj.weight"].shape == equal["crms.0.bg_proj.weight"].shape
+    assert not torch.equal(weighted["crms.0.bg_proj.weight"], equal["crms.0.bg_proj.weight"])
 
 
 def test_init_extends_trained_weights_with_a_hidden_head_and_seam_statistics(tmp_path):
