@@ -4,7 +4,7 @@
     s2crnet harmonize --composites DIR --masks DIR -o OUTDIR [--recursive] [--overwrite] [--jobs 2]
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto]
     s2crnet train ... | s2crnet eval DATASET_DIR ... | s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt
-    s2crnet renorm WEIGHTS --photos MANIFEST --out OUT
+    s2crnet renorm WEIGHTS --photos MANIFEST --out OUT | s2crnet calibrate WEIGHTS --photos MANIFEST --out OUT
     s2crnet info [--json] | s2crnet --version
 
 Errors are one line on stderr and exit code 1 (2 for bad usage, 130 when interrupted); `--debug` shows the
@@ -427,7 +427,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _delegate(module_name: str, prog: str, argv: list[str]) -> int:
-    """`s2crnet train|eval|average|renorm ...` → the module's own add_arguments(parser) and run(args)."""
+    """`s2crnet train|eval|average|renorm|calibrate ...` → the module's own add_arguments(parser) and run(args)."""
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -519,14 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the network runs (default auto)")
     serve.set_defaults(handler=cmd_serve)
 
-    # train, eval, average and renorm parse their own options (model.train, ...), imported only when used.
+    # train, eval, average, renorm and calibrate parse their own options (model.train, ...), imported only when used.
     for name, module, summary in (("train", "model.train", "train the network (s2crnet train --help)"),
                                   ("eval", "model.evaluate", "evaluate on an iHarmony4-format folder, draw a "
                                    "before/after sheet (s2crnet eval --help)"),
                                   ("average", "model.average", "average weights before and after fine-tuning "
                                    "(s2crnet average --help)"),
                                   ("renorm", "model.renorm", "measure a weights file's BatchNorm statistics anew "
-                                   "(s2crnet renorm --help)")):
+                                   "(s2crnet renorm --help)"),
+                                  ("calibrate", "model.calibrate", "fit how much of its change the network applies, "
+                                   "on held-out pairs (s2crnet calibrate --help)")):
         delegated = commands.add_parser(name, help=summary, add_help=False, prefix_chars="\0")
         delegated.add_argument("rest", nargs=argparse.REMAINDER)
         delegated.set_defaults(handler=lambda args, m=module, n=name: _delegate(m, f"s2crnet {n}", args.rest))

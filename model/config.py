@@ -23,11 +23,14 @@ class ModelConfig:
     color_stats: bool = True  # extension: per-channel colour statistics appended to each embedding
     head_hidden: int = 256  # extension: a hidden ReLU layer of this width beside each CRM's linear maps (0 = paper)
     seam_stats: bool = True  # extension: how colours jump across the mask's edge, appended to the bg embedding
+    strength: float = 1.0  # share of the curves' change applied, (1 − s)·x + s·C(x); fitted by `s2crnet calibrate`
 
     def __post_init__(self):
         if self.thumb < 32 or self.pieces < 2 or self.stages < 1 or self.head_hidden < 0:
             raise ValueError(f"invalid model config: thumb={self.thumb}, pieces={self.pieces}, "
                              f"stages={self.stages}, head_hidden={self.head_hidden}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}")
         if UNKNOWN not in self.categories:

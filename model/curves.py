@@ -3,7 +3,8 @@
 A curve with L pieces and positive weights p_i is y(x) = (L / Σp) · Σ_i clamp(x − i/L, 0, 1/L) · p_i, which
 is the straight line through the knots (i/L, Σ_{j<i} p_j / Σp). The network predicts log-weights; p = exp(z)
 keeps every curve monotone with y(0) = 0 and y(1) = 1, and clamping z bounds the normaliser away from zero.
-Cascaded stages compose: C(x) = c_S(…c_2(c_1(x))), and the mask blends once: out = x + m·(C(x) − x).
+Cascaded stages compose: C(x) = c_S(…c_2(c_1(x))), and the mask blends once: out = x + m·(C(x) − x). A calibrated
+strength s < 1 applies part of the change, x + s·(C(x) − x): still monotone, still from 0 to 1.
 """
 
 from dataclasses import dataclass
@@ -41,33 +42,36 @@ def apply_curve(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return (y0 + frac * (y1 - y0)).reshape(B, C, H, W)
 
 
-def apply_curves(x: torch.Tensor, mask: torch.Tensor, knots: torch.Tensor) -> list[torch.Tensor]:
+def apply_curves(x: torch.Tensor, mask: torch.Tensor, knots: torch.Tensor, strength: float = 1.0) -> list[torch.Tensor]:
     """Cascade every stage and blend with the mask. knots: (B, S, 3, L + 1); mask: (B, 1, H, W).
 
-    Returns one output per stage (the cascade up to that stage), each x + m·(C_k(x) − x).
+    Returns one output per stage (the cascade up to that stage), each x + s·m·(C_k(x) − x).
     """
     outputs = []
     curved = x
     for stage in range(knots.shape[1]):
         curved = apply_curve(curved, knots[:, stage])
-        outputs.append(x + mask * (curved - x))
+        outputs.append(x + strength * mask * (curved - x))
     return outputs
 
 
 @dataclass(frozen=True)
 class Curves:
-    """The predicted curves of one image: knot heights (stages, 3, L + 1), float64, each row 0 → 1."""
+    """The predicted curves of one image: knot heights (stages, 3, L + 1), float64, each row 0 → 1, and the
+    share of their change to apply."""
 
     knots: np.ndarray
+    strength: float = 1.0
 
     def evaluate(self, x: np.ndarray) -> np.ndarray:
         """The cascaded curve of each channel at values x in [0, 1] → (3, len(x))."""
         stages, _, n = self.knots.shape
         grid = np.linspace(0.0, 1.0, n)
-        y = np.stack([np.asarray(x, dtype=np.float64)] * 3)
+        x = np.stack([np.asarray(x, dtype=np.float64)] * 3)
+        y = x
         for s in range(stages):
             y = np.stack([np.interp(y[c], grid, self.knots[s, c]) for c in range(3)])
-        return y
+        return x + self.strength * (y - x)
 
     def lut(self) -> np.ndarray:
         """(3, 256) uint8 lookup table: the curve at every 8-bit level."""

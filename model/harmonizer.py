@@ -160,7 +160,7 @@ class Harmonizer:
         batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
         with self._lock:
             knots = self.net.forward_head(*self.net.forward_features(batch), index)
-        return [Curves(k) for k in knots.double().cpu().numpy()]
+        return [Curves(k, self.config.strength) for k in knots.double().cpu().numpy()]
 
     # --- the public API -------------------------------------------------------------------------------
     def predict_curves(self, images, masks, categories=None) -> list[Curves]:

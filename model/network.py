@@ -141,7 +141,7 @@ class S2CRNet(nn.Module):
     def forward(self, thumbs, images, masks, categories=None) -> list[torch.Tensor]:
         """Training path: curves on images (B, 3, H, W) under masks (B, 1, H, W); one output per stage."""
         knots = self.forward_head(*self.forward_features(thumbs), categories)
-        return apply_curves(images, masks, knots)
+        return apply_curves(images, masks, knots, self.config.strength)
 
 
 class _ThumbnailFeatures(nn.Module):

@@ -29,7 +29,7 @@ from .data import UNTOUCHED_SHARE, VAL_SEED, HarmonyPairs, IHarmonySource, Photo
 from .harmonizer import resolve_device, save_weights
 from .network import S2CRNet, count_parameters, recompute_batch_norm
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run", "main", "validation_sources"]
 
 log = logging.getLogger(__name__)
 BATCH_NORM_SAMPLES = 256  # training pairs that measure the weight average's BatchNorm statistics
@@ -158,14 +158,22 @@ def load_initial_weights(net: S2CRNet, path: Path) -> None:
 
 
 def build_sources(args, split: str) -> list:
-    untouched = args.untouched_share if split == "train" else UNTOUCHED_SHARE
-    sources = [PhotoSource(m, split, untouched_share=untouched) for m in args.photos]
-    if split == "train":
-        sources += [IHarmonySource(root, "train") for root in args.iharmony]
-    else:  # iHarmony4 has no validation split of its own: its test lists are for `s2crnet eval`
-        sources += [IHarmonySource(root, "test") for root in args.iharmony if not args.photos]
+    if split != "train":
+        return validation_sources(args.photos, args.iharmony)
+    sources = [PhotoSource(m, "train", untouched_share=args.untouched_share) for m in args.photos]
+    sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")
+    return sources
+
+
+def validation_sources(photos: list[Path], iharmony: list[Path]) -> list:
+    """The held-out pairs: the photos' validation split; iHarmony4 has none of its own, so without photos its
+    test lists (which are `s2crnet eval`'s)."""
+    sources = [PhotoSource(m, "val", untouched_share=UNTOUCHED_SHARE) for m in photos]
+    sources = sources or [IHarmonySource(root, "test") for root in iharmony]
+    if not sources:
+        raise ValueError("no validation data: give --photos MANIFEST and/or --iharmony DIR")
     return sources
 
 

@@ -116,6 +116,20 @@ def test_apply_curves_returns_every_cascade_stage():
     assert np.allclose(Curves(knots[0].numpy()).evaluate(np.linspace(0, 1, 256)), cascaded[0, :, 0].numpy())
 
 
+def test_strength_applies_part_of_the_change_on_both_paths():
+    rng = np.random.default_rng(4)
+    knots = random_knots(rng, stages=2).double()
+    x = torch.rand(1, 3, 6, 5, dtype=torch.float64)
+    mask = torch.rand(1, 1, 6, 5, dtype=torch.float64)
+    full, part = apply_curves(x, mask, knots)[-1], apply_curves(x, mask, knots, strength=0.6)[-1]
+    assert torch.allclose(part - x, 0.6 * (full - x), atol=1e-12)
+    levels = np.linspace(0, 1, 256)
+    full_lut, part_lut = Curves(knots[0].numpy()).evaluate(levels), Curves(knots[0].numpy(), 0.6).evaluate(levels)
+    assert np.allclose(part_lut - levels, 0.6 * (full_lut - levels))
+    assert np.all(np.diff(part_lut) >= 0) and np.allclose(part_lut[:, [0, -1]], [0, 1])  # still a curve
+    assert np.abs(full_lut - levels).max() > 0.05  # the curves do change colours, so the check means something
+
+
 # --- LUT path ≡ tensor path --------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])

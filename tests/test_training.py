@@ -4,17 +4,21 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS, SAMPLES
+from conftest import PHOTOS, SAMPLES, real_pair
 from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
 from model.average import add_arguments as add_average_arguments
 from model.average import average_weights
 from model.average import run as run_average
+from model.calibrate import add_arguments as add_calibrate_arguments
+from model.calibrate import fit_strength
+from model.calibrate import run as run_calibrate
 from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
 from model.evaluate import add_arguments as add_eval_arguments
 from model.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
@@ -307,6 +311,73 @@ def test_renorm_measures_batch_norm_statistics_and_keeps_every_weight(tmp_path):
         elif not key.endswith("num_batches_tracked"):
             assert torch.equal(value, after[key]), key
     assert mended.meta["note"] == "kept" and mended.meta["batch_norm_remeasured"]["size"] == 48
+
+
+def curving_net() -> S2CRNet:
+    """A network whose curves are far from the identity, so that a share of their change is measurable."""
+    torch.manual_seed(0)
+    net = S2CRNet(ModelConfig(thumb=32)).eval()
+    for crm in net.crms:
+        torch.nn.init.normal_(crm.bg_proj.weight, std=0.2)
+    return net
+
+
+@pytest.mark.parametrize("share, fitted", [(0.4, 0.4), (1.7, 1.0)])  # beyond full strength it is capped
+def test_calibration_recovers_the_share_of_the_change_that_was_needed(tmp_path, share, fitted):
+    net = curving_net()
+    pairs = HarmonyPairs([PhotoSource(tiny_manifest(tmp_path, 40), "val")], CATEGORIES, 32, 48, VAL_SEED, 8)
+    (batch,) = torch.utils.data.DataLoader(pairs, batch_size=8)
+    with torch.no_grad():
+        change = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])[-1] - batch["composite"]
+    assert change.abs().max() > 0.05
+    batch["real"] = batch["composite"] + share * change  # what a network that moves colours too far would face
+    fit = fit_strength(net, [batch])
+    assert fit["strength"] == pytest.approx(fitted, abs=1e-4)
+    assert fit["mse_fitted"] <= fit["mse_full"] and fit["mse_fitted"] < fit["mse_do_nothing"]
+    if share < 1:
+        assert fit["mse_fitted"] == pytest.approx(0, abs=1e-6)
+    assert net.config.strength == 1.0 and not net.training  # left as it was
+
+
+def test_calibrate_writes_the_strength_fitted_on_the_held_out_pairs_and_keeps_every_weight(tmp_path):
+    net = curving_net()
+    save_weights(tmp_path / "trained.pt", net, meta={"note": "kept"})
+    manifest = tiny_manifest(tmp_path, 40)
+    parser = argparse.ArgumentParser()
+    add_calibrate_arguments(parser)
+    run_calibrate(parser.parse_args([str(tmp_path / "trained.pt"), "--photos", str(manifest), "--pairs", "8",
+                                     "--size", "48", "--out", str(tmp_path / "calibrated.pt")]))
+    calibrated = Harmonizer.load(tmp_path / "calibrated.pt", device="cpu")
+    pairs = HarmonyPairs([PhotoSource(manifest, "val")], CATEGORIES, 32, 48, VAL_SEED, 8)
+    expected = fit_strength(net, list(torch.utils.data.DataLoader(pairs, batch_size=32)))["strength"]
+    assert calibrated.config.strength == pytest.approx(expected)
+    assert calibrated.config.strength < 1.0  # random curves: damped hard
+    assert calibrated.meta["calibration"]["strength"] == calibrated.config.strength
+    assert calibrated.meta["note"] == "kept"
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, calibrated.net.state_dict()[key]), key  # only the config changes
+
+
+def test_weights_with_a_strength_apply_that_share_of_the_change(tmp_path):
+    net = curving_net()
+    save_weights(tmp_path / "full.pt", net)
+    net.config = replace(net.config, strength=0.5)
+    save_weights(tmp_path / "half.pt", net)
+    composite, mask = real_pair(96, 64)
+    before = np.asarray(composite, np.float64)
+    full, half = (np.asarray(Harmonizer.load(tmp_path / name, device="cpu").harmonize(composite, mask),
+                             np.float64) - before for name in ("full.pt", "half.pt"))
+    assert np.abs(full).max() >= 10
+    assert np.abs(half - 0.5 * full).max() <= 1.0  # the 8-bit LUT rounds each once
+
+
+def test_strength_outside_0_to_1_is_refused_and_old_files_apply_the_full_change():
+    with pytest.raises(ValueError, match="strength"):
+        ModelConfig(strength=0.0)
+    with pytest.raises(ValueError, match="strength"):
+        ModelConfig(strength=1.2)
+    written_before_strength = {k: v for k, v in ModelConfig().to_dict().items() if k != "strength"}
+    assert ModelConfig.from_dict(written_before_strength).strength == 1.0
 
 
 def test_best_weights_go_to_the_run_dir_unless_out_is_given(tmp_path):
