@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def fit_strength(net: S2CRNet, val: list[dict]) -> dict[str, float]:
     """The least-squares strength for `net`'s full-strength curves on these batches, and the MSE (0–255 scale)
     of the composite, the full change and the fitted share of it."""
-    full = replace(net.config, strength=1.0)
-    net.config, config = full, net.config
+    config, was_training = net.config, net.training
+    net.config = replace(config, strength=1.0)  # fit against the whole change, whatever the file had
     net.eval()
     try:
         sums = np.zeros(3)  # Σ‖r − c‖², Σ⟨d, r − c⟩, Σ‖d‖²
@@ -55,6 +55,7 @@ def fit_strength(net: S2CRNet, val: list[dict]) -> dict[str, float]:
             pixels += missing.numel()
     finally:
         net.config = config
+        net.train(was_training)
     total_missing, along, total_change = (float(v) for v in sums)  # plain floats: weights load weights_only
 
     def mse(s: float) -> float:  # ‖c + s·d − r‖² = ‖r − c‖² − 2s⟨d, r − c⟩ + s²‖d‖², per value, on 0–255

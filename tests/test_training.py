@@ -331,12 +331,13 @@ def test_calibration_recovers_the_share_of_the_change_that_was_needed(tmp_path, 
         change = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])[-1] - batch["composite"]
     assert change.abs().max() > 0.05
     batch["real"] = batch["composite"] + share * change  # what a network that moves colours too far would face
+    net.train()  # fitting scores in eval mode (stored BatchNorm statistics), then hands the mode back
     fit = fit_strength(net, [batch])
     assert fit["strength"] == pytest.approx(fitted, abs=1e-4)
     assert fit["mse_fitted"] <= fit["mse_full"] and fit["mse_fitted"] < fit["mse_do_nothing"]
     if share < 1:
         assert fit["mse_fitted"] == pytest.approx(0, abs=1e-6)
-    assert net.config.strength == 1.0 and not net.training  # left as it was
+    assert net.config.strength == 1.0 and net.training  # left as it was
 
 
 def test_calibrate_writes_the_strength_fitted_on_the_held_out_pairs_and_keeps_every_weight(tmp_path):
