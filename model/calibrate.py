@@ -2,11 +2,11 @@
 
     s2crnet calibrate WEIGHTS --photos MANIFEST --out OUT [--pairs 768] [--size 192]
 
-A network trained from scratch in a couple of hours over-corrects on average: it moves colours a little too far,
-and moves harmonious objects too. Applying a share s of each curve's change, x + s·(C(x) − x), is one number
-fitted by least squares on the held-out validation pairs training scores (never trained on): the s that
-minimises Σ‖c + s·d − r‖² over composite c, predicted change d and real r is Σ⟨d, r − c⟩ / Σ‖d‖². It is kept in
-(0, 1]: calibration only damps. The weights are unchanged; the file's config records the strength.
+A network can move colours a little too far on average (the 2-hour `s2crnet train` defaults do; MODEL_CARD.md).
+Applying a share s of each curve's change, x + s·(C(x) − x), is one number fitted by least squares on the held-out
+validation pairs training scores (never trained on): the s that minimises Σ‖c + s·d − r‖² over composite c,
+predicted change d and real r is Σ⟨d, r − c⟩ / Σ‖d‖². It is kept in (0, 1]: calibration only damps, so a network
+that moves colours too little keeps s = 1. The weights are unchanged; the file's config records the strength.
 """
 
 import argparse
