@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import VAL_SEED, HarmonyPairs
+from .curves import apply_curves
 from .harmonizer import Harmonizer, save_weights
 from .network import S2CRNet
-from .train import validation_sources
+from .train import validation_batches
 
 __all__ = ["add_arguments", "run", "fit_strength"]
 
@@ -42,20 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def fit_strength(net: S2CRNet, val: list[dict]) -> dict[str, float]:
     """The least-squares strength for `net`'s full-strength curves on these batches, and the MSE (0–255 scale)
     of the composite, the full change and the fitted share of it."""
-    config, was_training = net.config, net.training
-    net.config = replace(config, strength=1.0)  # fit against the whole change, whatever the file had
+    was_training = net.training
     net.eval()
-    try:
-        sums = np.zeros(3)  # Σ‖r − c‖², Σ⟨d, r − c⟩, Σ‖d‖²
-        pixels = 0
-        for batch in val:
-            change = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])[-1] - batch["composite"]
-            missing = batch["real"] - batch["composite"]
-            sums += [missing.square().sum().item(), (change * missing).sum().item(), change.square().sum().item()]
-            pixels += missing.numel()
-    finally:
-        net.config = config
-        net.train(was_training)
+    sums = np.zeros(3)  # Σ‖r − c‖², Σ⟨d, r − c⟩, Σ‖d‖²
+    pixels = 0
+    for batch in val:
+        knots = net.forward_head(*net.forward_features(batch["thumbs"]), batch["category"])
+        change = apply_curves(batch["composite"], batch["mask"], knots)[-1] - batch["composite"]  # whole change
+        missing = batch["real"] - batch["composite"]
+        sums += [missing.square().sum().item(), (change * missing).sum().item(), change.square().sum().item()]
+        pixels += missing.numel()
+    net.train(was_training)
     total_missing, along, total_change = (float(v) for v in sums)  # plain floats: weights load weights_only
 
     def mse(s: float) -> float:  # ‖c + s·d − r‖² = ‖r − c‖² − 2s⟨d, r − c⟩ + s²‖d‖², per value, on 0–255
@@ -68,9 +65,7 @@ def fit_strength(net: S2CRNet, val: list[dict]) -> dict[str, float]:
 def run(args) -> int:
     harmonizer = Harmonizer.load(args.weights, device="cpu")
     net = harmonizer.net
-    pairs = HarmonyPairs(validation_sources(args.photos, args.iharmony), net.config.categories, net.config.thumb,
-                         args.size, VAL_SEED, args.pairs)
-    fit = fit_strength(net, list(torch.utils.data.DataLoader(pairs, batch_size=32)))
+    fit = fit_strength(net, validation_batches(args.photos, args.iharmony, net.config, args.size, args.pairs))
     net.config = replace(net.config, strength=fit["strength"])
     meta = {**harmonizer.meta, "calibration": {**fit, "from": str(args.weights), "sha256": harmonizer.sha256,
                                                "pairs": args.pairs, "size": args.size,

@@ -29,7 +29,7 @@ from .data import UNTOUCHED_SHARE, VAL_SEED, HarmonyPairs, IHarmonySource, Photo
 from .harmonizer import resolve_device, save_weights
 from .network import S2CRNet, count_parameters, recompute_batch_norm
 
-__all__ = ["add_arguments", "run", "main", "validation_sources"]
+__all__ = ["add_arguments", "run", "main", "validation_batches"]
 
 log = logging.getLogger(__name__)
 BATCH_NORM_SAMPLES = 256  # training pairs that measure the weight average's BatchNorm statistics
@@ -157,9 +157,7 @@ def load_initial_weights(net: S2CRNet, path: Path) -> None:
              path, ", ".join(missing) or "none", ", ".join(widened) or "none")
 
 
-def build_sources(args, split: str) -> list:
-    if split != "train":
-        return validation_sources(args.photos, args.iharmony)
+def training_sources(args) -> list:
     sources = [PhotoSource(m, "train", untouched_share=args.untouched_share) for m in args.photos]
     sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
@@ -167,14 +165,16 @@ def build_sources(args, split: str) -> list:
     return sources
 
 
-def validation_sources(photos: list[Path], iharmony: list[Path]) -> list:
-    """The held-out pairs: the photos' validation split; iHarmony4 has none of its own, so without photos its
-    test lists (which are `s2crnet eval`'s)."""
+def validation_batches(photos: list[Path], iharmony: list[Path], config: ModelConfig, size: int,
+                       count: int) -> list[dict]:
+    """The fixed held-out pairs, in batches of 32: the photos' validation split; iHarmony4 has none of its own, so
+    without photos its test lists (which are `s2crnet eval`'s)."""
     sources = [PhotoSource(m, "val", untouched_share=UNTOUCHED_SHARE) for m in photos]
     sources = sources or [IHarmonySource(root, "test") for root in iharmony]
     if not sources:
         raise ValueError("no validation data: give --photos MANIFEST and/or --iharmony DIR")
-    return sources
+    pairs = HarmonyPairs(sources, config.categories, config.thumb, size, VAL_SEED, count)
+    return list(torch.utils.data.DataLoader(pairs, batch_size=32))
 
 
 def batch_norm_thumbnails(sources: list, config: ModelConfig, size: int, seed: int) -> list[torch.Tensor]:
@@ -251,11 +251,9 @@ def run(args) -> dict:
     log.info("model %s, %d parameters, device %s", config, count_parameters(net), device)
 
     # 2. Data: a deterministic stream of samples indexed by position, so resuming picks up the same order
-    train_set = HarmonyPairs(build_sources(args, "train"), config.categories, config.thumb, args.size,
+    train_set = HarmonyPairs(training_sources(args), config.categories, config.thumb, args.size,
                              args.seed, args.steps * args.batch_size)
-    val_set = HarmonyPairs(build_sources(args, "val"), config.categories, config.thumb, args.size,
-                           VAL_SEED, args.val_samples)
-    val = list(torch.utils.data.DataLoader(val_set, batch_size=32))
+    val = validation_batches(args.photos, args.iharmony, config, args.size, args.val_samples)
     norm_thumbs = batch_norm_thumbnails(train_set.sources, config, args.size, args.seed + 1) if ema else []
     remaining = range(step * args.batch_size, len(train_set))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, remaining), batch_size=args.batch_size,
