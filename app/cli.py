@@ -519,16 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the network runs (default auto)")
     serve.set_defaults(handler=cmd_serve)
 
-    # train, eval, average, renorm and calibrate parse their own options (model.train, ...), imported only when used.
-    for name, module, summary in (("train", "model.train", "train the network (s2crnet train --help)"),
-                                  ("eval", "model.evaluate", "evaluate on an iHarmony4-format folder, draw a "
-                                   "before/after sheet (s2crnet eval --help)"),
-                                  ("average", "model.average", "average weights before and after fine-tuning "
-                                   "(s2crnet average --help)"),
-                                  ("renorm", "model.renorm", "measure a weights file's BatchNorm statistics anew "
-                                   "(s2crnet renorm --help)"),
-                                  ("calibrate", "model.calibrate", "fit how much of its change the network applies, "
-                                   "on held-out pairs (s2crnet calibrate --help)")):
+    # train, eval, average, renorm and calibrate parse their own options (model.training.*), imported only when used.
+    for name, module, summary in (
+            ("train", "train", "train the network (s2crnet train --help)"),
+            ("eval", "evaluate", "evaluate on an iHarmony4-format folder, draw a before/after sheet (s2crnet eval "
+             "--help)"),
+            ("average", "average", "average weights before and after fine-tuning (s2crnet average --help)"),
+            ("renorm", "renorm", "measure a weights file's BatchNorm statistics anew (s2crnet renorm --help)"),
+            ("calibrate", "calibrate", "fit how much of its change the network applies, on held-out pairs "
+             "(s2crnet calibrate --help)")):
+        module = f"model.training.{module}"
         delegated = commands.add_parser(name, help=summary, add_help=False, prefix_chars="\0")
         delegated.add_argument("rest", nargs=argparse.REMAINDER)
         delegated.set_defaults(handler=lambda args, m=module, n=name: _delegate(m, f"s2crnet {n}", args.rest))

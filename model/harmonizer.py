@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .curves import Curves, render, render_tensor
 from .network import S2CRNet, count_parameters
 from .thumbnails import make_thumbnails
+from .weights import save_weights
 
 __all__ = ["DEFAULT_WEIGHTS", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
 
@@ -38,12 +39,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
     return torch.device(device)
-
-
-def save_weights(path: str | Path, net: S2CRNet, meta: dict | None = None) -> None:
-    """One file: the state dict, the model config and free-form metadata (plain types only)."""
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"config": net.config.to_dict(), "model": state, "meta": meta or {}}, path)
 
 
 def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:

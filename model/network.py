@@ -8,14 +8,12 @@ which model.curves applies at any resolution.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from .backbones import BACKBONE_CHANNELS, create_backbone
 from .config import UNKNOWN, ModelConfig
 from .curves import apply_curves, curve_knots
 
-__all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "seam_statistics", "count_parameters",
-           "recompute_batch_norm"]
+__all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "seam_statistics", "count_parameters"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 STATS_PER_CHANNEL = 2 + len(QUANTILES)  # mean, std, quantiles
@@ -142,27 +140,6 @@ class S2CRNet(nn.Module):
         """Training path: curves on images (B, 3, H, W) under masks (B, 1, H, W); one output per stage."""
         knots = self.forward_head(*self.forward_features(thumbs), categories)
         return apply_curves(images, masks, knots, self.config.strength)
-
-
-class _ThumbnailFeatures(nn.Module):
-    """The part of S2CRNet that BatchNorm sits in, as a one-input module for torch's update_bn."""
-
-    def __init__(self, net: S2CRNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, thumbs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.forward_features(thumbs)
-
-
-@torch.no_grad()
-def recompute_batch_norm(net: S2CRNet, thumbs: list[torch.Tensor]) -> None:
-    """Give averaged weights (EMA, WiSE-FT) BatchNorm statistics of their own, measured on these thumbnail
-    batches (B, 8, S, S). The average of the running statistics does not match the average of the weights: on
-    the held-out pairs it made an EMA model score 287 MSE where the same weights with their own statistics
-    scored 152. Leaves the network in the mode it was in; no forward passes when it has no BatchNorm."""
-    features = _ThumbnailFeatures(net).train(net.training)  # update_bn restores the wrapper's mode
-    update_bn(thumbs, features, device=next(net.parameters()).device)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -367,7 +367,7 @@ def test_folder_recursive_mirrors_sub_folders(tmp_path):
 def test_train_and_eval_options_come_from_their_modules():
     train = run_cli("train", "--help")
     assert train.returncode == 0 and "usage: s2crnet train" in train.stdout and "--steps" in train.stdout
-    pytest.importorskip("model.evaluate")
+    pytest.importorskip("model.training.evaluate")
     evaluate = run_cli("eval", "--help")
     assert evaluate.returncode == 0 and "usage: s2crnet eval" in evaluate.stdout
     assert "--sheet" in evaluate.stdout

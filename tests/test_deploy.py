@@ -202,7 +202,7 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-def test_dockerignore_sends_the_sources_and_weights_but_no_data_caches_or_tests():
+def test_dockerignore_sends_the_sources_and_weights_but_no_training_code_data_caches_or_tests():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
     copied = [rest.split()[:-1] for keyword, rest in dockerfile_instructions()
@@ -211,12 +211,14 @@ def test_dockerignore_sends_the_sources_and_weights_but_no_data_caches_or_tests(
     assert {"pyproject.toml", "README.md", "model", "app"} <= sources
     tracked = subprocess.run(["git", "ls-files", "model", "app"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
-    kept = [*sources, "model/weights/s2crnet_squeezenet.pt", "model/harmonizer.py", "app/cli.py", *tracked]
+    served = [path for path in tracked if not path.startswith("model/training/")]
+    kept = [*sources, "model/weights/s2crnet_squeezenet.pt", "model/harmonizer.py", "app/cli.py", *served]
     for path in kept:
         assert not dockerignored(path, patterns), f"{path} is left out of the build context"
     left_out = ["tests/conftest.py", ".venv/bin/python", ".git/HEAD", "bench/bench_model.py", "runs/x/c.pt",
                 "model/__pycache__/network.cpython-311.pyc", "app/__pycache__/main.cpython-311.pyc",
-                ".pytest_cache/v/cache", "s2crnet.egg-info/PKG-INFO", "shared/data/photos/manifest.csv"]
+                ".pytest_cache/v/cache", "s2crnet.egg-info/PKG-INFO", "shared/data/photos/manifest.csv",
+                "model/training/train.py"]
     for path in left_out:
         assert dockerignored(path, patterns), f"{path} would be sent into the build context"
 

@@ -13,8 +13,9 @@ from conftest import real_pair
 
 from model import PAPER_CONFIG, ModelConfig, S2CRNet, count_parameters
 from model.backbones import BACKBONE_CHANNELS, create_backbone, list_backbones
-from model.network import QUANTILES, STATS_PER_CHANNEL, color_statistics, recompute_batch_norm, seam_statistics
+from model.network import QUANTILES, STATS_PER_CHANNEL, color_statistics, seam_statistics
 from model.thumbnails import make_thumbnails
+from model.training.batch_norm import recompute_batch_norm
 
 OPTIONS = [
     {"stages": 1, "semantic": False, "norm": "none", "color_stats": False, "head_hidden": 0, "seam_stats": False},

@@ -13,20 +13,23 @@ from conftest import PHOTOS, SAMPLES, real_pair
 from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
-from model.average import add_arguments as add_average_arguments
-from model.average import average_weights
-from model.average import run as run_average
-from model.calibrate import add_arguments as add_calibrate_arguments
-from model.calibrate import fit_strength
-from model.calibrate import run as run_calibrate
-from model.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, read_iharmony_split, recolour
-from model.evaluate import add_arguments as add_eval_arguments
-from model.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
-from model.evaluate import run as run_eval
 from model.harmonizer import save_weights
-from model.renorm import add_arguments as add_renorm_arguments
-from model.renorm import run as run_renorm
-from model.train import add_arguments, load_initial_weights, masked_l1, mismatch_weights, run
+from model.iharmony import read_iharmony_split
+from model.training.average import add_arguments as add_average_arguments
+from model.training.average import average_weights
+from model.training.average import run as run_average
+from model.training.calibrate import add_arguments as add_calibrate_arguments
+from model.training.calibrate import fit_strength
+from model.training.calibrate import run as run_calibrate
+from model.training.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, recolour
+from model.training.evaluate import add_arguments as add_eval_arguments
+from model.training.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
+from model.training.evaluate import run as run_eval
+from model.training.losses import masked_l1, mismatch_weights
+from model.training.renorm import add_arguments as add_renorm_arguments
+from model.training.renorm import run as run_renorm
+from model.training.train import add_arguments, run
+from model.weights import load_initial_weights
 
 
 def photo_and_mask(seed: int = 0, size: int = 64):

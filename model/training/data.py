@@ -18,18 +18,17 @@ import torch
 from PIL import Image
 from skimage import color
 
-from .config import UNKNOWN
-from .thumbnails import make_thumbnails
+from ..config import UNKNOWN, ModelConfig
+from ..iharmony import read_iharmony_labels, read_iharmony_split
+from ..thumbnails import make_thumbnails
 
-__all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "read_iharmony_split",
-           "recolour", "lab_to_rgb", "IHARMONY_LABELS", "VAL_SEED"]
+__all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "recolour", "lab_to_rgb",
+           "validation_batches", "VAL_SEED"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
 UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
-# iHarmony4 labels.txt classes as the S²CRNet authors use them → our category names
-IHARMONY_LABELS = {"person": "person", "animal": "animal", "food": "other", "others": "other"}
 Array = np.ndarray
 
 
@@ -173,9 +172,10 @@ class PhotoSource:
     """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`."""
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
-                 untouched_share: float = UNTOUCHED_SHARE):
+                 untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0):
         manifest = Path(manifest)
         self.untouched_share = untouched_share
+        self.same_category_share = same_category_share
         with manifest.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
         if not rows:
@@ -186,6 +186,9 @@ class PhotoSource:
         self.images = [np.asarray(_load_rgb(root / r["image"], max_side)) for r in rows]
         self.masks = [np.asarray(_load_mask(root / r["mask"], (im.shape[1], im.shape[0])))
                       for r, im in zip(rows, self.images, strict=True)]
+        self.by_category: dict[str, list[int]] = {}
+        for i, category in enumerate(self.categories):
+            self.by_category.setdefault(category, []).append(i)
 
     def __len__(self):
         return len(self.images)
@@ -194,9 +197,14 @@ class PhotoSource:
         i = int(rng.integers(len(self)))
         real, mask = _augment(rng, self.images[i], self.masks[i], size)
         j = int(rng.integers(len(self)))
+        # HFlickr and HCOCO were made by transferring colour from an object of the same category in another photo.
+        same_category = self.same_category_share > 0 and rng.random() < self.same_category_share
+        if same_category:
+            peers = self.by_category[self.categories[i]]
+            j = peers[int(rng.integers(len(peers)))]
         donor_image, donor_mask = _augment(rng, self.images[j], self.masks[j], size)
         # Donor region: the other photo's object, its background, or the whole photo.
-        kind = rng.integers(3)
+        kind = 0 if same_category else rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
         return Pair(recolour(rng, real, mask, donor, self.untouched_share), real, mask, self.categories[i])
@@ -222,46 +230,6 @@ def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:
     if rng.random() < 0.5:
         im, mk = im[:, ::-1], mk[:, ::-1]
     return np.ascontiguousarray(im), np.ascontiguousarray(mk)
-
-
-def read_iharmony_split(root: str | Path, split: str = "test") -> list[tuple[str, Path, Path, Path]]:
-    """(name, composite, mask, real) for an iHarmony4-format folder; `split` picks *_{split}.txt or test.txt."""
-    root = Path(root)
-    lists = sorted(root.glob(f"*_{split}.txt")) or sorted(root.glob(f"{split}.txt"))
-    if lists:
-        names = [line.split()[0] for f in lists for line in f.read_text().splitlines() if line.strip()]
-    else:
-        names = sorted(p.name for p in (root / "composite_images").iterdir())
-    items = []
-    for entry in names:
-        name = Path(entry).name
-        stem = Path(name).stem  # a0041_1_5 → mask a0041_1, real a0041
-        parts = stem.split("_")
-        if len(parts) < 3:
-            raise ValueError(f"{root}: composite name {name!r} does not follow iHarmony4's ID_OBJ_VARIANT naming")
-        mask = _find(root / "masks", "_".join(parts[:-1]))
-        real = _find(root / "real_images", "_".join(parts[:-2]))
-        items.append((name, root / "composite_images" / name, mask, real))
-    return items
-
-
-def _find(folder: Path, stem: str) -> Path:
-    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
-        if (folder / (stem + ext)).exists():
-            return folder / (stem + ext)
-    raise ValueError(f"missing {folder / stem}.*")
-
-
-def read_iharmony_labels(root: str | Path) -> dict[str, str]:
-    path = Path(root) / "labels.txt"
-    if not path.exists():
-        return {}
-    labels = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            labels[parts[0]] = IHARMONY_LABELS.get(parts[1], UNKNOWN)
-    return labels
 
 
 class IHarmonySource:
@@ -324,3 +292,15 @@ def to_tensors(pair: Pair, thumb: int, categories: tuple[str, ...]) -> dict[str,
 
 def _to_float(array: Array) -> torch.Tensor:
     return torch.tensor(array.transpose(2, 0, 1), dtype=torch.float32) / 255  # a copy: PIL arrays are read-only
+
+
+def validation_batches(photos: list[Path], iharmony: list[Path], config: ModelConfig, size: int,
+                       count: int) -> list[dict]:
+    """The fixed held-out pairs, in batches of 32: the photos' validation split; iHarmony4 has none of its own, so
+    without photos its test lists (which are `s2crnet eval`'s)."""
+    sources = [PhotoSource(m, "val", untouched_share=UNTOUCHED_SHARE) for m in photos]
+    sources = sources or [IHarmonySource(root, "test") for root in iharmony]
+    if not sources:
+        raise ValueError("no validation data: give --photos MANIFEST and/or --iharmony DIR")
+    pairs = HarmonyPairs(sources, config.categories, config.thumb, size, VAL_SEED, count)
+    return list(torch.utils.data.DataLoader(pairs, batch_size=32))

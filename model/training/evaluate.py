@@ -20,18 +20,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from skimage import color
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from .data import VAL_SEED, HarmonyPairs, PhotoSource, lab_to_rgb, read_iharmony_labels, read_iharmony_split
-from .harmonizer import Harmonizer
+from ..harmonizer import Harmonizer
+from ..iharmony import SUBSETS, read_iharmony_labels, read_iharmony_split
+from .data import VAL_SEED, HarmonyPairs, PhotoSource, lab_to_rgb
 
 __all__ = ["add_arguments", "run", "main", "score", "lab_transfer", "find_items", "evaluate"]
 
 EVAL_SIZE = 256
-SUBSETS = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
 METHODS = ("do nothing", "Lab mean/std", "S2CRNet")
 METRICS = ("mse", "fmse", "psnr", "fpsnr", "ssim")
 PSNR_CAP = 100.0  # dB
@@ -140,7 +140,7 @@ def evaluate(harmonizer: Harmonizer, items: list[dict], full_res: bool = False, 
                 row["do nothing full-res"] = score(np.asarray(composite), np.asarray(real), fg_full)
             rows.append(row)
         if keep_images:
-            sheet_rows.append([composite, ours] + ([real] if item["real"] is not None else []))
+            sheet_rows.append([outline_mask(composite, mask), ours] + ([real] if item["real"] is not None else []))
     return rows, sheet_rows
 
 
@@ -182,13 +182,24 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def outline_mask(image: Image.Image, mask: Image.Image, width: int = 3) -> Image.Image:
+    """A copy of the image, at most 512 pixels a side (a sheet cell's size), with the mask's edge in yellow."""
+    image = ImageOps.contain(image.convert("RGB"), (512, 512))
+    binary = mask.resize(image.size, Image.Resampling.BILINEAR).point(lambda v: 255 if v > 127 else 0)
+    edge = ImageChops.difference(binary.filter(ImageFilter.MaxFilter(width)),
+                                 binary.filter(ImageFilter.MinFilter(width)))
+    image.paste((255, 220, 0), (0, 0, *image.size), edge)
+    return image
+
+
 def draw_sheet(rows: list[list[Image.Image]], path: Path, cell: int = 256) -> None:
-    """One row per image: composite | ours | real (when known), each fitted into a cell × cell box."""
+    """One row per image: composite with the mask outlined | ours | real (when known), each fitted into a
+    cell × cell box."""
     columns = max(len(r) for r in rows)
     header = 24
     sheet = Image.new("RGB", (columns * cell, header + len(rows) * cell), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, title in enumerate(("composite", "S2CRNet", "real")[:columns]):
+    for i, title in enumerate(("composite (mask outlined)", "S2CRNet", "real")[:columns]):
         draw.text((i * cell + 8, 6), title, fill="black")
     for r, images in enumerate(rows):
         for c, im in enumerate(images):
@@ -218,7 +229,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m model.training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     run(parser.parse_args(argv))

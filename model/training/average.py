@@ -15,10 +15,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .harmonizer import Harmonizer, save_weights
-from .network import S2CRNet
-from .renorm import remeasure_batch_norm
-from .train import load_initial_weights
+from ..harmonizer import Harmonizer
+from ..network import S2CRNet
+from ..weights import load_initial_weights, save_weights
+from .batch_norm import remeasure_batch_norm
 
 __all__ = ["add_arguments", "run", "average_weights"]
 

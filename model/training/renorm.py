@@ -11,12 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from .data import PhotoSource
-from .harmonizer import Harmonizer, save_weights
-from .network import S2CRNet, recompute_batch_norm
-from .train import batch_norm_thumbnails
+from ..harmonizer import Harmonizer, save_weights
+from .batch_norm import remeasure_batch_norm
 
-__all__ = ["add_arguments", "run", "remeasure_batch_norm"]
+__all__ = ["add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--photos", type=Path, required=True, help="training photo manifest (its training split is used)")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights with measured statistics")
     p.add_argument("--size", type=int, default=256, help="the training image side the weights were trained at")
-
-
-def remeasure_batch_norm(net: S2CRNet, photos: Path, size: int) -> None:
-    """The same 256 fixed training pairs training measures its weight average on (seed 1)."""
-    recompute_batch_norm(net, batch_norm_thumbnails([PhotoSource(photos)], net.config, size, seed=1))
 
 
 def run(args) -> int:

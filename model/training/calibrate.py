@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .curves import apply_curves
-from .harmonizer import Harmonizer, save_weights
-from .network import S2CRNet
-from .train import validation_batches
+from ..curves import apply_curves
+from ..harmonizer import Harmonizer
+from ..network import S2CRNet
+from ..weights import save_weights
+from .data import validation_batches
 
 __all__ = ["add_arguments", "run", "fit_strength"]
 

@@ -1,12 +1,15 @@
-"""Train S²CRNet from scratch on recoloured real photos (and/or iHarmony4), on a CPU or a GPU.
+"""Train S²CRNet on recoloured real photos (and/or iHarmony4 training lists), on a CPU or a GPU.
 
-The defaults are the from-scratch recipe that fits 2 hours on 2 CPU cores (about 1.8 steps/s; MODEL_CARD.md has its
-quality, and the longer three-stage recipe of the shipped weights):
+The shipped weights come from a named recipe (model/training/recipes.py; the model card gives its wall time):
 
-    s2crnet train --photos ../shared/data/photos/manifest.csv --threads 2 --run-dir runs/mine
+    s2crnet train --recipe lite0-real --run-dir runs/lite0-real           # one leg (at most its --max-minutes)
+    s2crnet train --recipe lite0-real --run-dir runs/lite0-real --resume  # the next leg continues exactly
 
-Same as `python -m model.train ...`. Interrupted? Add `--resume`: it continues exactly from the last checkpoint in
---run-dir (model, optimizer, schedule, data order). With iHarmony4: `--iharmony /data/HAdobe5k --iharmony ...`.
+Or spell the options out: `s2crnet train --photos ../shared/data/photos/manifest.csv --val-real
+../shared/data/iharmony4_val --backbone efficientnet_lite0 --trainable-blocks 0 ...` (same as
+`python -m model.training.train`). `--resume` continues from RUN_DIR/last.pt: model, optimizer, schedule and data
+order. Validation scores the fixed held-out pairs and, with `--val-real`, real composites; the best checkpoint
+(`selection_key`) is written to --out.
 """
 
 import argparse
@@ -23,19 +26,26 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .backbones import list_backbones
-from .config import ModelConfig
-from .data import UNTOUCHED_SHARE, VAL_SEED, HarmonyPairs, IHarmonySource, PhotoSource
-from .harmonizer import resolve_device, save_weights
-from .network import S2CRNet, count_parameters, recompute_batch_norm
+from ..backbones import list_backbones
+from ..config import ModelConfig
+from ..harmonizer import resolve_device
+from ..network import S2CRNet, count_parameters
+from ..weights import load_initial_weights, save_weights
+from .batch_norm import batch_norm_thumbnails, recompute_batch_norm
+from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource, validation_batches
+from .losses import harm, masked_l1, mismatch_weights
+from .pretrained import load_imagenet_weights
+from .real_triples import RealTriples
+from .recipes import RECIPES, recipe_defaults
 
-__all__ = ["add_arguments", "run", "main", "validation_batches"]
+__all__ = ["add_arguments", "main", "parse_arguments", "run"]
 
 log = logging.getLogger(__name__)
-BATCH_NORM_SAMPLES = 256  # training pairs that measure the weight average's BatchNorm statistics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="start from a named recipe's options (model/training/recipes.py); flags given here win")
     g = p.add_argument_group("data")
     g.add_argument("--photos", type=Path, action="append", default=[],
                    help="photo manifest.csv (recoloured on the fly); repeatable")
@@ -44,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, default=192, help="training image side: the loss is computed at size²")
     g.add_argument("--untouched-share", type=float, default=UNTOUCHED_SHARE,
                    help="share of training photos left as they are (validation always uses the default)")
+    g.add_argument("--same-category-share", type=float, default=0.0,
+                   help="share of pairs whose colour donor is an object of the same category (as HFlickr/HCOCO)")
+    g.add_argument("--val-real", type=Path, action="append", default=[],
+                   help="iHarmony4-format folder of real triples to validate and choose checkpoints on "
+                        "(never trained on); repeatable")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="squeezenet", choices=list_backbones())
     g.add_argument("--thumb", type=int, default=ModelConfig.thumb)
@@ -57,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="width of a hidden layer beside each CRM's linear maps (0 = the paper's CRM)")
     g.add_argument("--no-seam-stats", dest="seam_stats", action="store_false",
                    help="without the statistics of how colours jump across the mask's edge (the paper has none)")
+    g.add_argument("--trainable-blocks", type=int, default=None,
+                   help="efficientnet_lite0: train only the last N ImageNet layers (0 = frozen; default: all)")
+    g.add_argument("--backbone-lr-scale", type=float, default=1.0,
+                   help="learning rate of the ImageNet layers relative to --lr")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="efficientnet_lite0 from random weights instead of ImageNet's")
     g.add_argument("--init", type=Path, default=None,
                    help="start from these weights; parameters the file lacks (e.g. a new --head-hidden) start fresh")
     g = p.add_argument_group("optimisation")
@@ -68,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mismatch-scale", type=float, default=0.0,
                    help="weigh each image by 1 / (its composite's relative L1 + this), in 0-1 pixel units "
                         "(0 = the paper's equal weights)")
+    g.add_argument("--harm-weight", type=float, default=0.0,
+                   help="extra weight on each image's error beyond its composite's own (harm over missed gain)")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
     g.add_argument("--ema", type=float, default=0.999,
                    help="validate and save an exponential moving average of the weights with this decay (0 = off)")
@@ -96,29 +119,6 @@ def get_lr(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The paper's relative L1 of each image: Σ|ŷ − y|·m / Σm."""
-    return ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
-
-
-def masked_l1(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
-              image_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The paper's loss: the relative L1 averaged over the batch (weighted if given)."""
-    per_image = masked_l1_per_image(pred, real, mask)
-    return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
-
-
-def mismatch_weights(composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Per-image loss weights ∝ 1 / (the composite's own relative L1 + scale), averaging 1 over the batch.
-
-    An image then counts by the share of its own mismatch left, as the "no image made more than 20% worse" bar
-    does: a mild mismatch weighs as much as a large one instead of a few times less. `scale` keeps untouched
-    pairs (mismatch 0) from dominating.
-    """
-    weights = 1.0 / (masked_l1_per_image(composite, real, mask) + scale)
-    return weights / weights.mean()
-
-
 class Discriminator(nn.Module):
     """A small patch discriminator on (image, mask) for the optional LSGAN term."""
 
@@ -134,54 +134,28 @@ class Discriminator(nn.Module):
         return self.net(torch.cat([image, mask], 1))
 
 
-def load_initial_weights(net: S2CRNet, path: Path) -> None:
-    """--init: start from trained weights. Parameters the file lacks keep their fresh init; a weight matrix that
-    only gained input columns (a wider embedding, e.g. seam_stats) keeps its trained columns and gets zero ones,
-    so the network computes exactly what the file's network did until training moves the new parts."""
-    initial = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    own = net.state_dict()
-    unexpected = [name for name in initial if name not in own]
-    if unexpected:
-        raise ValueError(f"--init {path} has parameters this model lacks: {', '.join(unexpected)}")
-    widened = []
-    for name, value in initial.items():
-        shape = own[name].shape
-        if value.shape == shape:
-            continue
-        if value.ndim != 2 or value.shape[0] != shape[0] or value.shape[1] > shape[1]:
-            raise ValueError(f"--init {path}: {name} is {tuple(value.shape)} there, {tuple(shape)} here")
-        initial[name] = torch.cat([value, value.new_zeros(shape[0], shape[1] - value.shape[1])], 1)
-        widened.append(name)
-    missing, _ = net.load_state_dict(initial, strict=False)
-    log.info("initialised from %s; fresh parameters: %s; widened with zero columns: %s",
-             path, ", ".join(missing) or "none", ", ".join(widened) or "none")
+def selection_key(quality: dict) -> tuple[float, float]:
+    """Checkpoints are chosen by the real triples' MSE ratio (to 0.01), then the held-out photos' MSE; without
+    real triples, by the held-out MSE alone."""
+    return (round(quality.get("real_ratio", 0.0), 2), quality["mse"])
+
+
+def param_groups(net: S2CRNet, backbone_lr_scale: float) -> list[dict]:
+    """Trainable parameters; the ImageNet layers (if any) at their own share of the learning rate."""
+    imagenet = {id(p) for p in getattr(net.backbone, "features", nn.Module()).parameters()}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in imagenet], "lr_scale": 1.0},
+              {"params": [p for p in trainable if id(p) in imagenet], "lr_scale": backbone_lr_scale}]
+    return [g for g in groups if g["params"]]
 
 
 def training_sources(args) -> list:
-    sources = [PhotoSource(m, "train", untouched_share=args.untouched_share) for m in args.photos]
+    sources = [PhotoSource(m, "train", untouched_share=args.untouched_share,
+                           same_category_share=args.same_category_share) for m in args.photos]
     sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")
     return sources
-
-
-def validation_batches(photos: list[Path], iharmony: list[Path], config: ModelConfig, size: int,
-                       count: int) -> list[dict]:
-    """The fixed held-out pairs, in batches of 32: the photos' validation split; iHarmony4 has none of its own, so
-    without photos its test lists (which are `s2crnet eval`'s)."""
-    sources = [PhotoSource(m, "val", untouched_share=UNTOUCHED_SHARE) for m in photos]
-    sources = sources or [IHarmonySource(root, "test") for root in iharmony]
-    if not sources:
-        raise ValueError("no validation data: give --photos MANIFEST and/or --iharmony DIR")
-    pairs = HarmonyPairs(sources, config.categories, config.thumb, size, VAL_SEED, count)
-    return list(torch.utils.data.DataLoader(pairs, batch_size=32))
-
-
-def batch_norm_thumbnails(sources: list, config: ModelConfig, size: int, seed: int) -> list[torch.Tensor]:
-    """Fixed training thumbnails on which averaged weights get BatchNorm statistics of their own
-    (model.network.recompute_batch_norm)."""
-    pairs = HarmonyPairs(sources, config.categories, config.thumb, size, seed, BATCH_NORM_SAMPLES)
-    return [batch["thumbs"] for batch in torch.utils.data.DataLoader(pairs, batch_size=32)]
 
 
 @torch.no_grad()
@@ -226,16 +200,21 @@ def run(args) -> dict:
     net = S2CRNet(config)
     if args.init is not None and checkpoint is None:
         load_initial_weights(net, args.init)
+    elif checkpoint is None and hasattr(net.backbone, "features") and args.pretrained:
+        load_imagenet_weights(net.backbone)
+    if hasattr(net.backbone, "freeze"):
+        net.backbone.freeze(args.trainable_blocks)
     net = net.to(device)
     # use_buffers averages BatchNorm statistics too; they don't fit the averaged weights, so validate() measures
     # fresh ones on a copy and leaves these for an exact --resume.
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(net, args.backbone_lr_scale), lr=args.lr,
+                                  weight_decay=args.weight_decay)
     disc = d_optimizer = None
     if args.gan_weight > 0:
         disc = Discriminator().to(device)
         d_optimizer = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    step, best, earlier_seconds = 0, {"mse": float("inf")}, 0.0
+    step, best, earlier_seconds = 0, {"mse": float("inf"), "real_ratio": float("inf")}, 0.0
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -254,6 +233,7 @@ def run(args) -> dict:
     train_set = HarmonyPairs(training_sources(args), config.categories, config.thumb, args.size,
                              args.seed, args.steps * args.batch_size)
     val = validation_batches(args.photos, args.iharmony, config, args.size, args.val_samples)
+    real = RealTriples(args.val_real, config.thumb) if args.val_real else None
     norm_thumbs = batch_norm_thumbnails(train_set.sources, config, args.size, args.seed + 1) if ema else []
     remaining = range(step * args.batch_size, len(train_set))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, remaining), batch_size=args.batch_size,
@@ -283,9 +263,15 @@ def run(args) -> dict:
         quality = estimate_quality(scored, val, device)
         line = (f"step {step}: val MSE {quality['mse']:.1f} (do nothing {quality['baseline_mse']:.1f}), "
                 f"fMSE {quality['fmse']:.1f} (do nothing {quality['baseline_fmse']:.1f})")
-        if quality["mse"] < best["mse"]:
+        if real is not None:
+            quality |= real.score(scored, device)
+            line += (f"; real MSE {quality['real_mse']:.1f} (do nothing {quality['real_baseline_mse']:.1f}, "
+                     f"ratio {quality['real_ratio']:.3f}), {quality['real_worse']}/{quality['real_n']} worse")
+        if real is None:
+            quality.pop("real_ratio", None)
+        if selection_key(quality) < selection_key(best):
             best = {**quality, "step": step}
-            meta = {"trained_steps": step, "train_minutes": round(train_seconds() / 60, 1),
+            meta = {"recipe": args.recipe, "trained_steps": step, "train_minutes": round(train_seconds() / 60, 1),
                     "validation": best, "command": " ".join(sys.argv),
                     "train_args": _plain(vars(args))}
             save_weights(args.out, scored, meta)
@@ -301,12 +287,14 @@ def run(args) -> dict:
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         for group in optimizer.param_groups:
-            group["lr"] = get_lr(step, args)
+            group["lr"] = get_lr(step, args) * group["lr_scale"]
         outputs = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])
         weights = None
         if args.mismatch_scale:
             weights = mismatch_weights(batch["composite"], batch["real"], batch["mask"], args.mismatch_scale)
         loss = sum(masked_l1(out, batch["real"], batch["mask"], weights) for out in outputs)
+        if args.harm_weight:
+            loss = loss + args.harm_weight * harm(outputs[-1], batch["composite"], batch["real"], batch["mask"])
         if disc is not None:
             fake_score = disc(outputs[-1], batch["mask"])
             loss = loss + args.gan_weight * ((fake_score - 1) ** 2).mean()
@@ -344,12 +332,25 @@ def _plain(d: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m model.training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(parser.parse_args(argv))
+    run(parse_arguments(parser, argv))
 
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse with the --recipe's options as defaults under the command line. Repeatable options (data folders)
+    take the recipe's list only when the command line gives none, rather than adding to it."""
+    recipe = parser.parse_known_args(argv)[0].recipe
+    defaults = recipe_defaults(recipe) if recipe else {}
+    lists = {key: defaults.pop(key) for key in ("photos", "val_real", "iharmony") if key in defaults}
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for key, paths in lists.items():
+        if not getattr(args, key):
+            setattr(args, key, [Path(p) for p in paths])
+    return args
 
 if __name__ == "__main__":
     main()

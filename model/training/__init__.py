@@ -1,0 +1,1 @@
+"""Training-only code (the `train` extra): nothing in the inference core imports it."""

@@ -1,0 +1,33 @@
+"""Training losses, per image over the mask, on 0–1 pixels."""
+
+import torch
+
+__all__ = ["harm", "masked_l1", "masked_l1_per_image", "mismatch_weights"]
+
+
+def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The paper's relative L1 of each image: Σ|ŷ − y|·m / Σm."""
+    return ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+
+
+def masked_l1(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
+              image_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's loss: the relative L1 averaged over the batch (weighted if given)."""
+    per_image = masked_l1_per_image(pred, real, mask)
+    return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
+
+
+def mismatch_weights(composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-image loss weights ∝ 1 / (the composite's own relative L1 + scale), averaging 1 over the batch.
+
+    An image then counts by the share of its own mismatch left, as the "no image made more than 20% worse" bar
+    does: a mild mismatch weighs as much as a large one instead of a few times less. `scale` keeps untouched
+    pairs (mismatch 0) from dominating.
+    """
+    weights = 1.0 / (masked_l1_per_image(composite, real, mask) + scale)
+    return weights / weights.mean()
+
+
+def harm(pred: torch.Tensor, composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each image's error beyond its composite's: the damage done, not the gain missed."""
+    return (masked_l1_per_image(pred, real, mask) - masked_l1_per_image(composite, real, mask)).clamp_min(0).mean()

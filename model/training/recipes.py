@@ -1,0 +1,28 @@
+"""Named training recipes: the exact options that produce a shipped weights file, so one command reproduces it.
+
+    s2crnet train --recipe NAME --run-dir runs/NAME            # each leg stops after its max-minutes …
+    s2crnet train --recipe NAME --run-dir runs/NAME --resume   # … and the next leg continues exactly
+
+A recipe only sets defaults: any option given on the command line wins. Paths are relative to the repository
+root with `../shared` beside it, as on the development machines and in CI.
+"""
+
+__all__ = ["RECIPES", "recipe_defaults"]
+
+SHARED = "../shared/data"
+
+RECIPES: dict[str, dict] = {
+    # ImageNet EfficientNet-Lite0, frozen; checkpoints chosen on the real triples; harm-weighted loss.
+    "lite0-real": {
+        "photos": [f"{SHARED}/photos/manifest.csv"], "val_real": [f"{SHARED}/iharmony4_val"],
+        "backbone": "efficientnet_lite0", "trainable_blocks": 0, "steps": 3000, "warmup": 200,
+        "val_every": 250, "harm_weight": 1.0, "same_category_share": 0.5, "untouched_share": 0.2,
+        "threads": 1, "max_minutes": 115.0,
+    },
+}
+
+
+def recipe_defaults(name: str) -> dict:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+    return dict(RECIPES[name])
