@@ -3,6 +3,8 @@
     h = Harmonizer.load()                                   # shipped default weights
     out = h.harmonize(image, mask, category=None)           # PIL or uint8 numpy in → same kind out
     curves = h.predict_curves([img1, img2], [mask1, mask2]) # one forward pass for the whole batch
+    out = h.harmonize(foreground=cutout, background=bg, at=(40, 10), scale=0.5, strength=0.8)  # layer input
+    layer = h.harmonize(foreground=cutout, background=bg, at=(40, 10), layer=True)  # RGBA, the cutout's size
 """
 
 import hashlib
@@ -17,7 +19,7 @@ from PIL import Image
 from .config import ModelConfig
 from .curves import Curves, render, render_tensor
 from .network import S2CRNet, count_parameters
-from .thumbnails import make_thumbnails
+from .thumbnails import foreground_histogram, make_thumbnails
 
 __all__ = ["DEFAULT_WEIGHTS", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
 
@@ -160,14 +162,32 @@ class Harmonizer:
         batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
         with self._lock:
             knots = self.net.forward_head(*self.net.forward_features(batch), index)
-        return [Curves(k, self.config.strength) for k in knots.double().cpu().numpy()]
+        # Each Curves carries its foreground's level histogram, so its mismatch score is known wherever it goes.
+        return [Curves(k, self.config.strength, foreground_histogram(t))
+                for k, t in zip(knots.double().cpu().numpy(), thumbs, strict=True)]
 
     # --- the public API -------------------------------------------------------------------------------
-    def predict_curves(self, images, masks, categories=None) -> list[Curves]:
+    def predict_curves(self, images, masks, categories=None, strength: float | None = None) -> list[Curves]:
+        """One forward pass for many composites → Curves (with .mismatch); `strength` 0-1 replaces the weights'
+        own share of the change to apply (None keeps it)."""
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
         thumbs = [self.prepare(image, mask)[2] for image, mask in zip(images, masks, strict=True)]
-        return self.curves_from_thumbnails(thumbs, categories)
+        return [c.with_strength(strength) for c in self.curves_from_thumbnails(thumbs, categories)]
+
+    @staticmethod
+    def compose(foreground, background, at=None, scale=None, feather=0.0, box=None, foreground_mask=None):
+        """Place a foreground (RGBA cutout, or RGB + foreground_mask) on a background → (composite, mask), the
+        same kind as the background (PIL or uint8 numpy). at=(x, y): the scaled foreground's top-left in
+        background pixels (default (0, 0), may be negative); scale (default 1) or box=(x0, y0, x1, y1) to fit
+        into; feather: pixels of softening of the matte's edge. Bad placements raise model.layers.LayerError
+        (a ValueError)."""
+        from .layers import compose  # model.layers builds on this module's image helpers
+
+        layered = compose(foreground, background, at, scale, box, feather, foreground_mask)
+        if isinstance(background, Image.Image):
+            return layered.composite, layered.mask
+        return np.asarray(layered.composite), np.asarray(layered.mask)
 
     def render(self, image: Image.Image, mask: Image.Image, curves: Curves) -> Image.Image:
         """Full-resolution render in place (image: RGB/RGBA, mask: L); on the GPU for large images."""
@@ -180,18 +200,44 @@ class Harmonizer:
             return image
         return render(image, mask, curves.lut())
 
-    def harmonize(self, image, mask, category: str | None = None):
+    def harmonize(self, image=None, mask=None, category: str | None = None, *, strength: float | None = None,
+                  foreground=None, background=None, foreground_mask=None, at=None, scale=None, box=None,
+                  feather=0.0, layer: bool = False):
         """Harmonize one composite. PIL in → PIL out (the input is not modified); numpy uint8 in → numpy out.
 
+        Either `image` + `mask`, or `foreground` + `background` with the keywords of `compose` (the output has
+        the background's size; layer=True returns the harmonized foreground instead, RGBA at its scaled size,
+        alpha unchanged). strength: 0-1, the share of the curves' change to apply (None = the weights' own).
         Grayscale input comes back RGB (the curves may add colour); alpha passes through untouched.
         """
-        was_pil = isinstance(image, Image.Image)
-        original = image
+        layered = None
+        if foreground is not None or background is not None:
+            if image is not None or mask is not None:
+                raise ValueError("give either image + mask or foreground + background, not both")
+            if foreground is None or background is None:
+                raise ValueError("layer input needs both a foreground and a background")
+            from .layers import compose  # model.layers builds on this module's image helpers
+
+            layered = compose(foreground, background, at, scale, box, feather, foreground_mask)
+            was_pil, original = isinstance(background, Image.Image), None
+            image, mask = layered.composite, layered.mask  # already a copy: render may work in place
+        else:
+            if image is None or mask is None:
+                raise ValueError("harmonize needs an image and a mask (or foreground= and background=)")
+            if layer:
+                raise ValueError("layer=True needs foreground= and background=")
+            was_pil, original = isinstance(image, Image.Image), image
         image, mask, thumbs = self.prepare(image, mask)
         if was_pil and image is original:
             image = image.copy()  # never modify the caller's image
         (curves,) = self.curves_from_thumbnails([thumbs], [category])
-        out = self.render(image, mask, curves)
+        curves = curves.with_strength(strength)
+        if layer:
+            from .layers import cut_layer
+
+            out = cut_layer(layered, curves.lut())
+        else:
+            out = self.render(image, mask, curves)
         return out if was_pil else np.asarray(out)
 
     def num_parameters(self) -> int:
