@@ -29,7 +29,7 @@ from PIL import Image, ImageChops, ImageFilter
 from .harmonizer import _image_to_pil, _mask_to_pil
 
 __all__ = ["Layered", "LayerError", "MAX_FEATHER", "MAX_LAYER_PIXELS", "Placement", "compose", "cut_layer",
-           "parse_box", "parse_point", "place"]
+           "parse_box", "parse_point", "place", "whole_number"]
 
 MAX_FEATHER = 1000.0  # pixels; wider is no edge any more, and a huge blur radius only costs time
 # Default ceiling on the scaled foreground (width × height) for callers without their own limit: Pillow's own
@@ -68,7 +68,7 @@ class Layered:
 
 
 # --- parsing and checking -------------------------------------------------------------------------------------
-def _integer(value, field: str) -> int:
+def whole_number(value, field: str) -> int:
     """An int from an int, an integral float or a decimal string; LayerError naming `field` else."""
     if isinstance(value, bool):
         raise LayerError(field, f"must be a whole number of pixels, got {value!r}")
@@ -89,7 +89,7 @@ def parse_point(text: str, field: str = "at") -> tuple[int, int]:
     parts = str(text).split(",")
     if len(parts) != 2:
         raise LayerError(field, f"must be X,Y (two whole numbers), got {str(text)[:40]!r}")
-    return _integer(parts[0], field), _integer(parts[1], field)
+    return whole_number(parts[0], field), whole_number(parts[1], field)
 
 
 def parse_box(text: str, field: str = "box") -> tuple[int, int, int, int]:
@@ -97,7 +97,7 @@ def parse_box(text: str, field: str = "box") -> tuple[int, int, int, int]:
     parts = str(text).split(",")
     if len(parts) != 4:
         raise LayerError(field, f"must be x0,y0,x1,y1 (four whole numbers), got {str(text)[:40]!r}")
-    return tuple(_integer(part, field) for part in parts)  # type: ignore[return-value]
+    return tuple(whole_number(part, field) for part in parts)  # type: ignore[return-value]
 
 
 def _positive_real(value, field: str) -> float:
@@ -128,7 +128,7 @@ def place(foreground_size: tuple[int, int], background_size: tuple[int, int], at
     if box is not None:
         if at is not None or scale is not None:
             raise LayerError("box", "give either x, y (with an optional scale) or a box, not both")
-        x0, y0, x1, y1 = (_integer(v, "box") for v in (box if not isinstance(box, str) else parse_box(box)))
+        x0, y0, x1, y1 = (whole_number(v, "box") for v in (box if not isinstance(box, str) else parse_box(box)))
         if x1 <= x0 or y1 <= y0:
             raise LayerError("box", f"needs x1 > x0 and y1 > y0, got {x0},{y0},{x1},{y1}")
         factor, field = min((x1 - x0) / fw, (y1 - y0) / fh), "box"
@@ -144,7 +144,7 @@ def place(foreground_size: tuple[int, int], background_size: tuple[int, int], at
     if box is not None:
         x, y = x0 + (x1 - x0 - width) // 2, y0 + (y1 - y0 - height) // 2
     else:
-        x, y = (0, 0) if at is None else (_integer(at[0], "x"), _integer(at[1], "y"))
+        x, y = (0, 0) if at is None else (whole_number(at[0], "x"), whole_number(at[1], "y"))
     bw, bh = background_size
     if x >= bw or y >= bh or x + width <= 0 or y + height <= 0:
         where = "box" if box is not None else "x, y"
