@@ -412,8 +412,10 @@ def test_readme_python_example_runs(tmp_path):
     written = sorted(p.name for p in workdir.iterdir() if p.name != "example.py")
     assert written, "the example should write its results"
     for path in workdir.iterdir():
-        if path.suffix in (".jpg", ".png"):
+        if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
             assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
+    layers = [Image.open(path) for path in workdir.glob("layer_*.png")]
+    assert all(layer.mode == "RGBA" for layer in layers)
 
 
 def test_readme_cli_examples_parse():

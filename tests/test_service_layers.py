@@ -2,11 +2,16 @@
 background + placement equals composing by hand, the background outside the matte is untouched, output=layer
 keeps the cutout's alpha, strength 0 is the identity and 0.5 halfway, and every bad placement is its 422."""
 
+import os
+import re
+import shutil
+import subprocess
+
 import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import decode, encode, photo_pair, post_image, real_cutout, real_pair, start_server
+from conftest import REPO, decode, encode, photo_pair, post_image, real_cutout, real_pair, start_server
 from PIL import Image
 
 from model import ModelConfig, S2CRNet
@@ -275,3 +280,40 @@ def test_bad_layer_input_gets_its_422(server, cutout, background, index):
             continue  # /curves has no output field and its own formats
         response = httpx.post(server.url + endpoint, files=multipart, data=fields, timeout=60)
         _assert_error(response, code, field)
+
+
+# --- the README's ffmpeg recipe ---------------------------------------------------------------------------------
+def _readme_ffmpeg_command() -> str:
+    readme = (REPO / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "maskedmerge" in b]
+    assert len(blocks) == 1, "the README needs one ```bash block with the lut1d + maskedmerge recipe"
+    lines = [line for line in blocks[0].replace("\\\n", " ").splitlines() if line.startswith("ffmpeg ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_readme_ffmpeg_recipe_recolours_only_the_masked_region(server, tmp_path):
+    """The .cube from /curves through ffmpeg's lut1d + maskedmerge equals /harmonize within one level."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        if os.environ.get("CI"):
+            pytest.fail("ffmpeg is not installed (CI installs Debian's ffmpeg in .ci/run)")
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    composite, mask = real_pair(400, 300, 1)
+    composite.save(tmp_path / "comp.png")
+    mask.save(tmp_path / "mask.png")
+    cube = post_image(server.url, encode(composite, "PNG"), encode(mask, "PNG"), {"format": "cube"},
+                      endpoint="/curves")
+    (tmp_path / "curves.cube").write_text(cube.text)
+    served = post_image(server.url, encode(composite, "PNG"), encode(mask, "PNG"), {"format": "png"})
+
+    result = subprocess.run(["bash", "-c", _readme_ffmpeg_command().replace("ffmpeg ", f"{ffmpeg} ", 1)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB")).astype(int)
+    expected = np.asarray(decode(served.content)).astype(int)
+    assert out.shape == expected.shape and np.abs(out - expected).max() <= 1
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], np.asarray(composite).astype(int)[outside])
+    assert np.abs(out - np.asarray(composite)).max() > 10  # the recipe did recolour the object
