@@ -316,7 +316,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/harmonize", response_class=Response, dependencies=auth,
               responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
-                               "description": "the harmonized image, same size as the composite"}, **_ERRORS})
+                               "description": "the harmonized image, the composite's (or background's) size; "
+                                              "output=layer: the harmonized foreground, RGBA, its own size"},
+                         **_ERRORS})
     async def harmonize(request: Request, composite: CompositeFile = None, mask: MaskFile = None,
                         foreground: forms.ForegroundFile = None, foreground_mask: forms.ForegroundMaskFile = None,
                         background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
