@@ -1,7 +1,10 @@
 """The `s2crnet` command: harmonize one image or whole folders, serve, train, evaluate, describe the weights.
 
     s2crnet harmonize comp.jpg mask.png -o out.jpg [--category person] [--curves c.json] [--cube c.cube]
-    s2crnet harmonize --composites DIR --masks DIR -o OUTDIR [--recursive] [--overwrite] [--jobs 2]
+    s2crnet harmonize --composites DIR --masks DIR -o OUTDIR [--recursive] [--overwrite] [--jobs 2] [--report CSV]
+    s2crnet harmonize --foreground fg.png --background bg.jpg --at X,Y [--scale S | --box x0,y0,x1,y1]
+                      [--feather PX] [--strength S] [--layer] -o out.png
+    s2crnet harmonize --layers manifest.csv -o OUTDIR [--layer] [--report CSV]   # many placed layers
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto]
     s2crnet train ... | s2crnet eval DATASET_DIR ... | s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt
     s2crnet renorm WEIGHTS --photos MANIFEST --out OUT | s2crnet calibrate WEIGHTS --photos MANIFEST --out OUT
@@ -12,6 +15,7 @@ traceback instead. Folder mode reports broken and unpaired files, skips them, an
 """
 
 import argparse
+import csv
 import importlib
 import json
 import logging
@@ -107,6 +111,11 @@ class Job:
     mask: Path
     output: Path
 
+    @property
+    def source(self) -> Path:
+        """What messages and the report name this job by."""
+        return self.composite
+
 
 @dataclass
 class Prepared:
@@ -116,6 +125,8 @@ class Prepared:
     mask: Image.Image
     thumbs: "torch.Tensor"  # (8, S, S), see model.thumbnails
     icc_profile: bytes | None
+    layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
 
 
 def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
@@ -128,9 +139,10 @@ def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, 
 
 def load_job(harmonizer, job: Job) -> Prepared:
     """Decode, validate and thumbnail one pair (runs in a worker thread)."""
+    start = time.perf_counter()
     image, mask, icc_profile = decode_pair(job.composite, job.mask)
     image, mask, thumbs = harmonizer.prepare(image, mask)
-    return Prepared(image, mask, thumbs, icc_profile)
+    return Prepared(image, mask, thumbs, icc_profile, timings={"decode": time.perf_counter() - start})
 
 
 # --- folder mode: pairing -----------------------------------------------------------------------------------
@@ -223,8 +235,13 @@ class FolderRun:
     """
 
     def __init__(self, harmonizer, jobs: int, batch_size: int, category: str | None, quality: int,
-                 progress: tqdm, summary: Summary, base: Path):
+                 progress: tqdm, summary: Summary, base: Path, strength: float | None = None,
+                 report: "Report | None" = None, loader=load_job, layer_output: bool = False):
         self.harmonizer = harmonizer
+        self.strength = strength  # None: the weights' own
+        self.report = report
+        self.loader = loader  # (harmonizer, job) → Prepared, in a worker thread
+        self.layer_output = layer_output  # write the harmonized foreground (layer input) instead of the image
         self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="s2crnet-io")
         self.batch_size = batch_size
         self.budget = batch_size + 2 * jobs
@@ -248,7 +265,7 @@ class FolderRun:
                     if job is None:
                         exhausted = True
                     else:
-                        decoding.append((job, self.pool.submit(load_job, self.harmonizer, job)))
+                        decoding.append((job, self.pool.submit(self.loader, self.harmonizer, job)))
                 while saving and saving[0][1].done():
                     self._finish_save(*saving.popleft())
                 # 2. take the next decoded image, in order
@@ -272,6 +289,7 @@ class FolderRun:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _infer(self, batch: list[tuple[Job, Prepared]]) -> list[tuple[Job, Future]]:
+        start = time.perf_counter()
         try:
             curves = self.harmonizer.curves_from_thumbnails([p.thumbs for _, p in batch],
                                                             [self.category] * len(batch))
@@ -279,27 +297,42 @@ class FolderRun:
             for job, _ in batch:
                 self._fail(job, e)
             return []
-        return [(job, self.pool.submit(self._render_and_save, job, prepared, c))
+        for _, prepared in batch:  # each image's row reports the forward pass of its batch
+            prepared.timings["infer"] = time.perf_counter() - start
+        return [(job, self.pool.submit(self._render_and_save, job, prepared, c.with_strength(self.strength)))
                 for (job, prepared), c in zip(batch, curves, strict=True)]
 
-    def _render_and_save(self, job: Job, prepared: Prepared, curves) -> None:
-        image = self.harmonizer.render(prepared.image, prepared.mask, curves)
+    def _render_and_save(self, job: Job, prepared: Prepared, curves) -> tuple[dict | None, dict[str, float]]:
+        start = time.perf_counter()
+        if self.layer_output:
+            from model.layers import cut_layer
+
+            image = cut_layer(prepared.layered, curves.lut())
+        else:
+            image = self.harmonizer.render(prepared.image, prepared.mask, curves)
+        rendered = time.perf_counter()
         job.output.parent.mkdir(parents=True, exist_ok=True)
         save_image(image, job.output, self.quality, prepared.icc_profile)
+        timings = {**prepared.timings, "render": rendered - start, "encode": time.perf_counter() - rendered}
+        return curves.mismatch, timings
 
     def _finish_save(self, job: Job, future: Future) -> None:
         try:
-            future.result()
+            mismatch, timings = future.result()
         except Exception as e:  # an unwritable output is reported, the run goes on
             self._fail(job, e)
             return
         self.summary.harmonized += 1
+        if self.report is not None:
+            self.report.write(job.source, job.output, "harmonized", mismatch=mismatch, timings=timings)
         self.progress.update()
 
     def _fail(self, job: Job, error: Exception) -> None:
         reason = _describe(error)
-        self.summary.failed.append((job.composite, reason))
-        self.progress.write(f"s2crnet: failed {_shown(job.composite, self.base)}: {reason}", file=sys.stderr)
+        self.summary.failed.append((job.source, reason))
+        if self.report is not None:
+            self.report.write(job.source, job.output, "failed", error=reason)
+        self.progress.write(f"s2crnet: failed {_shown(job.source, self.base)}: {reason}", file=sys.stderr)
         self.progress.update()
 
 
@@ -313,6 +346,145 @@ def _describe(error: BaseException) -> str:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return message or type(error).__name__
+
+
+
+# --- layer input: foreground + background + placement -------------------------------------------------------
+
+# model.layers names request fields; on the command line they are these flags.
+_LAYER_FLAGS = {"x, y": "--at", "x": "--at", "y": "--at", "scale": "--scale", "box": "--box",
+                "feather": "--feather", "foreground": "--foreground", "foreground_mask": "--foreground-mask",
+                "background": "--background"}
+MANIFEST_COLUMNS = ("foreground", "background", "x", "y")  # required; "scale" and "output" are optional
+
+
+def _layer_message(error) -> str:
+    """A model.layers.LayerError's sentence with the CLI's flag in place of the field name."""
+    message = str(error)
+    return f"{_LAYER_FLAGS.get(error.field, error.field)}{message[len(error.field):]}"
+
+
+@dataclass
+class LayerJob:
+    """One manifest row: place `foreground` on `background` at `at` (× scale), write `output`."""
+
+    foreground: Path
+    background: Path
+    at: tuple[int, int]
+    scale: float | None
+    output: Path
+    row: str  # "manifest.csv:LINE", how messages and the report name it
+
+    @property
+    def source(self) -> Path:
+        return Path(self.row)
+
+
+def load_layer_job(harmonizer, job: LayerJob, feather: float = 0.0, foreground_mask: Path | None = None,
+                   box=None) -> Prepared:
+    """Decode foreground and background, compose, thumbnail (runs in a worker thread). A bad placement raises
+    model.layers.LayerError naming the manifest's column (x, y, scale)."""
+    from model.layers import compose
+
+    start = time.perf_counter()
+    foreground, background = open_upright(job.foreground), open_upright(job.background)
+    matte = open_upright(foreground_mask) if foreground_mask is not None else None
+    # The output is the background's: its ICC profile stays valid while its pixels stay RGB.
+    icc_profile = background.info.get("icc_profile") if background.mode in ("RGB", "RGBA") else None
+    layered = compose(foreground, background, None if box is not None else job.at, job.scale, box, feather, matte,
+                      copy=False)
+    image, mask, thumbs = harmonizer.prepare(layered.composite, layered.mask)
+    return Prepared(image, mask, thumbs, icc_profile, layered, {"decode": time.perf_counter() - start})
+
+
+def _layer_extension(background: Path, layer: bool, extension: str | None) -> str:
+    if extension:
+        return extension
+    return ".png" if layer else _output_extension(background)
+
+
+def read_manifest(manifest: Path, out_dir: Path, layer: bool,
+                  extension: str | None) -> tuple[list[LayerJob], list[tuple[Path, str]]]:
+    """The manifest's rows → jobs, and the rows that cannot be run (each with the reason).
+
+    Paths in `foreground` and `background` are relative to the manifest's folder; `output` (optional) to OUTDIR.
+    Without `output` a row writes OUTDIR/LINE_FOREGROUND_on_BACKGROUND.EXT, the same name on every run (resume).
+    """
+    from model.layers import LayerError, whole_number
+
+    if not manifest.is_file():
+        raise CliError(f"--layers {str(manifest)!r} is not a file")
+    base = manifest.resolve().parent
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"-o {str(out_dir)!r} is a file; --layers writes into a folder")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise CliError(f"the manifest {manifest.name} lacks the column(s) {', '.join(missing)} (it needs "
+                           f"{','.join(MANIFEST_COLUMNS)}[,scale][,output])")
+        rows = list(reader)
+    jobs, bad, outputs = [], [], {}
+    for number, row in enumerate(rows, start=1):
+        label = Path(f"{manifest.name}:{number + 1}")  # its line in the file (the header is line 1)
+        try:
+            names = {key: (row.get(key) or "").strip() for key in ("foreground", "background", "scale", "output")}
+            for key in ("foreground", "background"):
+                if not names[key]:
+                    raise CliError(f"{key}: empty")
+            foreground, background = base / names["foreground"], base / names["background"]
+            at = (whole_number(row.get("x") or "", "x"), whole_number(row.get("y") or "", "y"))
+            scale = None
+            if names["scale"]:
+                try:
+                    scale = float(names["scale"])
+                except ValueError:
+                    raise CliError(f"scale: must be a number, got {names['scale'][:40]!r}") from None
+            if names["output"]:
+                output = (out_dir / names["output"]).resolve()
+                output_format(output)  # an unknown extension fails this row, not the run
+            else:
+                stem = f"{number:05d}_{foreground.stem}_on_{background.stem}"
+                output = out_dir / (stem + _layer_extension(background, layer, extension))
+            if output in (foreground.resolve(), background.resolve()):
+                raise CliError(f"output: {names['output']!r} would replace an input")
+            if output in outputs:
+                raise CliError(f"output: {output.name} is also the output of {outputs[output]}")
+        except (CliError, LayerError) as e:
+            bad.append((label, str(e)))
+            continue
+        outputs[output] = label
+        jobs.append(LayerJob(foreground, background, at, scale, output, str(label)))
+    return jobs, bad
+
+
+# --- the report -------------------------------------------------------------------------------------------
+
+class Report:
+    """--report: one CSV row per image as it finishes (flushed, so an interrupted run keeps what it did)."""
+
+    COLUMNS = ("input", "output", "status", "mismatch", "mismatch_r", "mismatch_g", "mismatch_b",
+               "decode_ms", "infer_ms", "render_ms", "encode_ms", "error")
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="", encoding="utf-8")  # closed by close()
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(self.COLUMNS)
+
+    def write(self, source: Path, output: Path | None, status: str, mismatch: dict | None = None,
+              timings: dict | None = None, error: str = "") -> None:
+        mismatch, timings = mismatch or {}, timings or {}
+        values = [str(source), str(output) if output is not None else "", status]
+        values += [f"{mismatch[k]:.3f}" if k in mismatch else "" for k in ("mean", "r", "g", "b")]
+        values += [f"{timings[k] * 1000:.1f}" if k in timings else "" for k in ("decode", "infer", "render",
+                                                                                "encode")]
+        self.writer.writerow([*values, error])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 # --- subcommands --------------------------------------------------------------------------------------------
@@ -331,15 +503,79 @@ def _check_category(harmonizer, category: str | None) -> None:
 
 def cmd_harmonize(args: argparse.Namespace) -> int:
     folder_mode = args.composites is not None or args.masks is not None
+    layer_one = args.foreground is not None or args.background is not None
+    placement = [flag for flag, value in (("--at", args.at), ("--scale", args.scale), ("--box", args.box),
+                                          ("--feather", args.feather), ("--foreground-mask", args.foreground_mask))
+                 if value is not None]
+    modes = [name for name, on in (("COMPOSITE MASK", args.composite or args.mask), ("--composites/--masks",
+             folder_mode), ("--foreground/--background", layer_one), ("--layers", args.layers)) if on]
+    if len(modes) > 1:
+        raise CliError(f"give one input form, not {' and '.join(modes)}")
+    if placement and not layer_one and not (args.layers and set(placement) <= {"--feather"}):
+        raise CliError(f"{', '.join(placement)} place a --foreground on a --background"
+                       + ("; --layers takes only --feather" if args.layers else ""))
+    if args.layer and not (layer_one or args.layers):
+        raise CliError("--layer writes the harmonized foreground of layer input (--foreground/--background or "
+                       "--layers)")
+    if args.report and not (folder_mode or args.layers):
+        raise CliError("--report writes one row per image of folder mode (--composites or --layers)")
+    if (folder_mode or args.layers) and (args.curves or args.cube):
+        raise CliError("--curves and --cube write the curves of one image; use them without --composites or "
+                       "--layers")
+    if args.layers:
+        return _harmonize_layers(args)
     if folder_mode:
         if args.composite or args.mask or args.composites is None or args.masks is None:
             raise CliError("folder mode takes --composites DIR and --masks DIR (and no COMPOSITE MASK files)")
-        if args.curves or args.cube:
-            raise CliError("--curves and --cube write the curves of one image; use them without --composites")
         return _harmonize_folder(args)
+    if layer_one:
+        if args.foreground is None or args.background is None:
+            raise CliError("layer input takes --foreground FILE and --background FILE")
+        return _harmonize_layer_one(args)
     if not (args.composite and args.mask):
-        raise CliError("give COMPOSITE and MASK files, or --composites DIR --masks DIR for a folder")
+        raise CliError("give COMPOSITE and MASK files, --composites DIR --masks DIR for a folder, "
+                       "--foreground FILE --background FILE, or --layers MANIFEST")
     return _harmonize_one(args)
+
+
+def _write_curves(args: argparse.Namespace, harmonizer, curves, name: str) -> None:
+    if args.curves:
+        info = harmonizer.info()
+        document = {**curves.to_dict(), "mismatch": curves.mismatch, "strength": curves.strength,
+                    "model": info["backbone"], "weights_sha256": info["sha256"]}
+        Path(args.curves).write_text(json.dumps(document) + "\n")
+    if args.cube:
+        Path(args.cube).write_text(curves.to_cube(f"S2CRNet {name}"))
+
+
+def _harmonize_layer_one(args: argparse.Namespace) -> int:
+    from model.layers import LayerError
+
+    output = Path(args.output)
+    if output_format(output) in _FORMATS_WITHOUT_ALPHA and args.layer:
+        raise CliError(f"--layer keeps the foreground's alpha: write .png, .webp or .tif, not {output.suffix}")
+    job = LayerJob(Path(args.foreground), Path(args.background), args.at or (0, 0), args.scale, output, "")
+    if args.box is not None and args.at is not None:
+        raise CliError("--box: give either --at (with an optional --scale) or --box, not both")
+    harmonizer = _load_harmonizer(args)
+    _check_category(harmonizer, args.category)
+    mask_path = Path(args.foreground_mask) if args.foreground_mask else None
+    try:
+        prepared = load_layer_job(harmonizer, job, args.feather or 0.0, mask_path, args.box)
+    except LayerError as e:
+        raise CliError(_layer_message(e)) from None
+    (curves,) = harmonizer.curves_from_thumbnails([prepared.thumbs], [args.category])
+    curves = curves.with_strength(args.strength)
+    if args.layer:
+        from model.layers import cut_layer
+
+        image = cut_layer(prepared.layered, curves.lut())
+    else:
+        image = harmonizer.render(prepared.image, prepared.mask, curves)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image, output, args.quality, prepared.icc_profile)
+    _write_curves(args, harmonizer, curves, Path(args.foreground).name)
+    return 0
 
 
 def _harmonize_one(args: argparse.Namespace) -> int:
@@ -351,15 +587,11 @@ def _harmonize_one(args: argparse.Namespace) -> int:
     _check_category(harmonizer, args.category)
     image, mask, thumbs = harmonizer.prepare(image, mask)
     (curves,) = harmonizer.curves_from_thumbnails([thumbs], [args.category])
+    curves = curves.with_strength(args.strength)
     image = harmonizer.render(image, mask, curves)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, output, args.quality, icc_profile)
-    if args.curves:
-        info = harmonizer.info()
-        document = {**curves.to_dict(), "model": info["backbone"], "weights_sha256": info["sha256"]}
-        Path(args.curves).write_text(json.dumps(document) + "\n")
-    if args.cube:
-        Path(args.cube).write_text(curves.to_cube(f"S2CRNet {Path(args.composite).name}"))
+    _write_curves(args, harmonizer, curves, Path(args.composite).name)
     return 0
 
 
@@ -373,24 +605,61 @@ def _harmonize_folder(args: argparse.Namespace) -> int:
         sys.stderr.write(f"s2crnet: unpaired {_shown(path, base)}: {reason}\n")
     if not jobs and not unpaired:
         raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(composites)!r}")
+    return _run_jobs(args, jobs, summary, base, load_job, unpaired=unpaired)
+
+
+def _harmonize_layers(args: argparse.Namespace) -> int:
+    """--layers MANIFEST: one placed, harmonized composite (or --layer) per row, like folder mode."""
+    from functools import partial
+
+    manifest, out_dir = Path(args.layers), Path(args.output)
+    extension = _FORMAT_CHOICES[args.format] if args.format else None
+    if args.layer and extension in (".jpg", ".bmp"):
+        raise CliError(f"--layer keeps the foreground's alpha: --format png, webp or tiff, not {args.format}")
+    jobs, bad = read_manifest(manifest, out_dir, args.layer, extension)
+    if not jobs and not bad:
+        raise CliError(f"the manifest {str(manifest)!r} has no rows")
+    summary = Summary(failed=list(bad))
+    for label, reason in bad:
+        sys.stderr.write(f"s2crnet: failed {label}: {reason}\n")
+    loader = partial(load_layer_job, feather=args.feather or 0.0)
+    return _run_jobs(args, jobs, summary, manifest.resolve().parent, loader, bad_rows=bad)
+
+
+def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path, loader,
+              unpaired: list | None = None, bad_rows: list | None = None) -> int:
+    """The shared pipeline of folder and manifest mode: resume, progress bar, report, summary, exit code."""
     pending = [job for job in jobs if args.overwrite or not job.output.exists()]
     summary.skipped = len(jobs) - len(pending)
-    log.info("%d pairs, %d unpaired composites, %d outputs already there", len(jobs), len(unpaired),
-             summary.skipped)
-    started = time.perf_counter()
-    if pending:
-        harmonizer = _load_harmonizer(args)
-        _check_category(harmonizer, args.category)
-        import torch
+    log.info("%d jobs, %d not runnable, %d outputs already there", len(jobs),
+             len(unpaired or []) + len(bad_rows or []), summary.skipped)
+    report = Report(Path(args.report)) if args.report else None
+    try:
+        if report is not None:
+            for path, reason in unpaired or []:
+                report.write(path, None, "unpaired", error=reason)
+            for label, reason in bad_rows or []:
+                report.write(label, None, "failed", error=reason)
+            for job in jobs:
+                if job not in pending:
+                    report.write(job.source, job.output, "skipped")
+        started = time.perf_counter()
+        if pending:
+            harmonizer = _load_harmonizer(args)
+            _check_category(harmonizer, args.category)
+            import torch
 
-        # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
-        # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
-        torch.set_num_threads(max(1, cpu_cores() - args.jobs))
-        started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
-        with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
-                  disable=None if args.progress is None else not args.progress) as progress:
-            FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
-                      base).run(pending)
+            # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
+            # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
+            torch.set_num_threads(max(1, cpu_cores() - args.jobs))
+            started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
+            with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
+                      disable=None if args.progress is None else not args.progress) as progress:
+                FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
+                          base, args.strength, report, loader, args.layer).run(pending)
+    finally:
+        if report is not None:
+            report.close()
     sys.stdout.write(summary.line(time.perf_counter() - started) + "\n")
     return 1 if summary.failed or summary.unpaired else 0
 
@@ -454,6 +723,33 @@ def _quality(text: str) -> int:
     return value
 
 
+def _strength(text: str) -> float:
+    from model.curves import check_strength
+
+    try:
+        return check_strength(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("strength: ")) from None
+
+
+def _point(text: str) -> tuple[int, int]:
+    from model.layers import LayerError, parse_point
+
+    try:
+        return parse_point(text)
+    except LayerError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("at: ")) from None
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    from model.layers import LayerError, parse_box
+
+    try:
+        return parse_box(text)
+    except LayerError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("box: ")) from None
+
+
 def _version() -> str:
     try:
         return metadata.version("s2crnet")
@@ -492,6 +788,29 @@ def build_parser() -> argparse.ArgumentParser:
     harmonize.add_argument("--curves", metavar="JSON",
                            help="also write the predicted curves as JSON (r, g, b)")
     harmonize.add_argument("--cube", metavar="CUBE", help="also write the curves as a .cube 1D LUT")
+    harmonize.add_argument("--strength", type=_strength, default=None,
+                           help="share of the curves' change to apply, 0-1 (0: unchanged; default: the "
+                                "weights' own)")
+    layers = harmonize.add_argument_group(
+        "layer input", "place a cutout on a background, then harmonize it (negative positions: --at=-10,20)")
+    layers.add_argument("--foreground", metavar="FILE",
+                        help="the object: an RGBA cutout (alpha = matte) or RGB with --foreground-mask")
+    layers.add_argument("--foreground-mask", metavar="FILE", help="the foreground's matte (replaces its alpha)")
+    layers.add_argument("--background", metavar="FILE", help="the photo to place it on; the output has its size")
+    layers.add_argument("--at", type=_point, metavar="X,Y",
+                        help="the foreground's top-left in background pixels (default 0,0; may be negative)")
+    placing = layers.add_mutually_exclusive_group()
+    placing.add_argument("--scale", type=float, metavar="S", help="resample the foreground by S (default 1)")
+    placing.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1",
+                         help="fit the foreground into this box, aspect kept, centred (instead of --at)")
+    layers.add_argument("--feather", type=float, metavar="PX",
+                        help="pixels of Gaussian softening of the matte's edge, inwards (default 0)")
+    layers.add_argument("--layer", action="store_true",
+                        help="write the harmonized foreground as RGBA (its own size and alpha) for an editor's "
+                             "layer, instead of the flattened image")
+    layers.add_argument("--layers", metavar="MANIFEST",
+                        help="CSV with columns foreground,background,x,y[,scale][,output] (paths relative to "
+                             "it): one output per row in -o OUTDIR, like folder mode")
     folder = harmonize.add_argument_group("folder mode")
     folder.add_argument("--composites", metavar="DIR", help="folder of composites")
     folder.add_argument("--masks", metavar="DIR", help="folder of masks")
@@ -507,6 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per forward pass (default 8)")
     folder.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: only on a terminal)")
+    folder.add_argument("--report", metavar="CSV",
+                        help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
+                             "timings in ms, error")
     harmonize.set_defaults(handler=cmd_harmonize)
 
     serve = commands.add_parser(

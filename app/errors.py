@@ -27,8 +27,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
     "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),
     "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF"),
-    "missing_field": (422, "a required form part (`composite`, `mask`) is missing"),
-    "invalid_field": (422, "a form field has a bad value (`format`, `quality`, a file sent as text, ...)"),
+    "missing_field": (422, "a required form part is missing (`composite` + `mask`, or `foreground` + `background`)"),
+    "invalid_field": (422, "a form field has a bad value (`format`, `quality`, `strength`, `output`, a file sent as "
+                      "text, ...)"),
+    "mixed_inputs": (422, "parts of both forms were sent: `composite`/`mask` and `foreground`/`background`/placement"),
+    "invalid_placement": (422, "`x`, `y`, `scale`, `box` or `feather` cannot work: the foreground lands outside "
+                          "the background, `scale` ≤ 0, over `max_pixels` once scaled, `box` with x1 ≤ x0, ..."),
+    "invalid_foreground": (422, "the foreground's matte is fully transparent, or `foreground_mask` differs in size"),
     "unknown_category": (422, "`category` is not one the model knows (see GET /info)"),
     "mask_size_mismatch": (422, "the mask's size differs from the composite's (after EXIF orientation)"),
     "invalid_mask": (422, "the mask selects nothing, or everything (no background)"),

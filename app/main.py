@@ -3,9 +3,9 @@
     uvicorn app.main:app              # settings from S2CRNET_* environment variables
     python -m app                     # the same through run(): uvicorn plus a graceful drain on SIGTERM
 
-One request: bytes → imaging.decode → Harmonizer.prepare (thumbnails) → batcher (one forward pass with
-others) → Harmonizer.render (full size, in place) → imaging.encode. Everything blocking runs in a bounded
-thread pool or the batcher's thread; the event loop only awaits.
+One request: bytes → imaging.decode → [layer input: model.layers.compose] → Harmonizer.prepare (thumbnails) →
+batcher (one forward pass with others) → Harmonizer.render (full size, in place) → imaging.encode. Everything
+blocking runs in a bounded thread pool or the batcher's thread; the event loop only awaits.
 """
 
 import asyncio
@@ -28,10 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import model
 from model import Curves, Harmonizer
+from model.layers import Layered, LayerError, compose, cut_layer
 
-from . import imaging
+from . import forms, imaging
 from .batcher import Batcher, BatcherClosed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install_error_handlers
+from .forms import InputForm, layer_api_error, read_form
 from .metrics import Metrics
 from .middleware import RETRY_AFTER_S, ServiceMiddleware
 from .settings import Settings
@@ -184,25 +186,74 @@ async def _with_deadline(service: Service, request: Request, work) -> object:
     raise ApiError(504, "timeout", f"the request took longer than {service.settings.request_timeout_s} s")
 
 
-async def _curves_for(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
-                      category: str | None):
-    """Decode, thumbnail, batch → (decoded composite, mask image, curves)."""
+async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]]) -> list[imaging.Decoded]:
+    """Decode every (file, name, is_colour_image) at once (Pillow decodes without holding the GIL); when several
+    are bad, the first one's error, every time."""
     max_pixels = service.settings.max_pixels
-    service.preparing += 1
+    outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode, part.file, name, max_pixels, colour)
+                                      for part, name, colour in parts), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile):
+    """composite + mask → (decoded composite, mask image, thumbnails)."""
+    with service.stage(timings, "decode"):
+        decoded_composite, decoded_mask = await _decode_parts(service, [(composite, "composite", True),
+                                                                        (mask, "mask", False)])
+    width, height = decoded_composite.image.size
+    service.metrics.megapixels.observe(width * height / 1e6)
+    with service.stage(timings, "thumbnail"):
+        image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite, decoded_mask)
+    decoded_composite.image = image
+    return decoded_composite, mask_image, thumbs
+
+
+def _compose(service: Service, form: InputForm, foreground: imaging.Decoded, foreground_mask,
+             background: imaging.Decoded) -> Layered:
+    """Place the foreground on the decoded background, in place (no second full-size image)."""
     try:
-        with service.stage(timings, "decode"):  # both at once: Pillow decodes without holding the GIL
-            decoded_composite, decoded_mask = await asyncio.gather(
-                service.run_blocking(imaging.decode, composite.file, "composite", max_pixels, True),
-                service.run_blocking(imaging.decode, mask.file, "mask", max_pixels, False),
-                return_exceptions=True)
-        for outcome in (decoded_composite, decoded_mask):  # both bad: the composite's error, every time
-            if isinstance(outcome, BaseException):
-                raise outcome
-        width, height = decoded_composite.image.size
-        service.metrics.megapixels.observe(width * height / 1e6)
-        with service.stage(timings, "thumbnail"):
-            image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite,
-                                                                   decoded_mask)
+        return compose(foreground.image, background.image, form.at, form.scale, form.box, form.feather,
+                       foreground_mask.image if foreground_mask is not None else None,
+                       max_pixels=service.settings.max_pixels, copy=False)
+    except LayerError as e:
+        raise layer_api_error(e) from None
+
+
+async def _prepare_layer(service: Service, timings: dict, form: InputForm):
+    """foreground (+ foreground_mask) + background + placement → (decoded background, mask, thumbnails, layered)."""
+    parts = [(form.foreground, "foreground", True), (form.background, "background", True)]
+    if form.foreground_mask is not None:
+        parts.append((form.foreground_mask, "foreground_mask", False))
+    with service.stage(timings, "decode"):
+        foreground, background, *rest = await _decode_parts(service, parts)
+    width, height = background.image.size
+    service.metrics.megapixels.observe(width * height / 1e6)
+    with service.stage(timings, "compose"):
+        layered = await service.run_blocking(_compose, service, form, foreground, rest[0] if rest else None,
+                                             background)
+    del foreground, rest  # the scaled copy in `layered` is all that is needed from here on
+    with service.stage(timings, "thumbnail"):
+        background.image = layered.composite
+        image, mask_image, thumbs = await service.run_blocking(_prepare, service, background,
+                                                               imaging.Decoded(layered.mask, None, None))
+    background.image = image
+    return background, mask_image, thumbs, layered
+
+
+async def _curves_for(service: Service, timings: dict, form: InputForm, category: str | None,
+                      strength: float | None):
+    """Decode (and compose), thumbnail, batch → (decoded composite or background, mask image, curves at the
+    request's strength, the Layered for layer input or None)."""
+    service.preparing += 1
+    layered = None
+    try:
+        if form.layer:
+            decoded, mask_image, thumbs, layered = await _prepare_layer(service, timings, form)
+        else:
+            decoded, mask_image, thumbs = await _prepare_composite(service, timings, form.composite, form.mask)
         job = service.batcher.submit(thumbs, category)
     except QueueFull:
         raise ApiError(503, "overloaded", "the inference queue is full; retry later",
@@ -211,7 +262,6 @@ async def _curves_for(service: Service, timings: dict, composite: UploadFile, ma
         raise ApiError(503, "shutting_down", "the server is shutting down") from None
     finally:
         service.preparing -= 1  # after submit: the batcher must not stop waiting for a job about to arrive
-    decoded_composite.image = image
     try:
         curves: Curves = await job.future
     finally:
@@ -219,7 +269,7 @@ async def _curves_for(service: Service, timings: dict, composite: UploadFile, ma
             job.future.cancel()
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
-    return decoded_composite, mask_image, curves
+    return decoded, mask_image, curves.with_strength(strength), layered
 
 
 def _server_timing(timings: dict[str, float], total: float) -> str:
@@ -234,9 +284,11 @@ def _service(request: Request) -> Service:
 _ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 408, 413, 415, 422, 503, 504)}
 # For the docs only: the middleware checks the key, before the body is read.
 _bearer = HTTPBearer(auto_error=False, description="Only when S2CRNET_API_KEY is set")
-CompositeFile = Annotated[UploadFile, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
-MaskFile = Annotated[UploadFile, File(description="mask of the same size; value/255 = foreground weight")]
+# composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
+CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
+MaskFile = Annotated[UploadFile | None, File(description="mask of the same size; value/255 = foreground weight")]
 CategoryField = Annotated[str | None, Form(description="a category the model knows (GET /info)")]
+MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, in 8-bit levels
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -264,53 +316,80 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/harmonize", response_class=Response, dependencies=auth,
               responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
-                               "description": "the harmonized image, same size as the composite"}, **_ERRORS})
-    async def harmonize(request: Request, composite: CompositeFile, mask: MaskFile,
+                               "description": "the harmonized image, the composite's (or background's) size; "
+                                              "output=layer: the harmonized foreground, RGBA, its own size"},
+                         **_ERRORS})
+    async def harmonize(request: Request, composite: CompositeFile = None, mask: MaskFile = None,
+                        foreground: forms.ForegroundFile = None, foreground_mask: forms.ForegroundMaskFile = None,
+                        background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
+                        scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
+                        strength: forms.StrengthField = None, output: forms.OutputField = "image",
                         format: Annotated[Literal["jpeg", "png", "webp"] | None, Form()] = None,
                         quality: Annotated[int | None, Form(ge=1, le=100)] = None,
                         category: CategoryField = None) -> Response:
-        """Harmonize a composite: answers the image with its masked object recoloured."""
+        """Harmonize a composite (or a foreground placed on a background): answers the image with its masked
+        object recoloured, or with output=layer the harmonized foreground as RGBA."""
         start = time.perf_counter()
         service = _service(request)
+        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather)
+        if output == "layer" and not form.layer:
+            raise ApiError(422, "invalid_field", "output: layer needs the layer form (foreground + background)")
+        if output == "layer" and format == "jpeg":
+            raise ApiError(422, "invalid_field", "format: a layer keeps its alpha; ask for png or webp")
         category = _check_category(service, category)
         timings: dict[str, float] = {}
+        mismatch: dict[str, float] = {}
 
         async def work():
-            decoded, mask_image, curves = await _curves_for(service, timings, composite, mask, category)
+            decoded, mask_image, curves, layered = await _curves_for(service, timings, form, category, strength)
+            mismatch.update(curves.mismatch)
             with service.stage(timings, "render"):
-                out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image, curves)
-            fmt = imaging.output_format_for(format, decoded.format)
+                if output == "layer":  # only the foreground's pixels: the flattened image is never rendered
+                    out = await service.run_blocking(cut_layer, layered, curves.lut())
+                else:
+                    out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image,
+                                                     curves)
+            fmt = (format or "png") if output == "layer" else imaging.output_format_for(format, decoded.format)
             with service.stage(timings, "encode"):
                 return await service.run_blocking(imaging.encode, out, fmt,
                                                   quality or settings.default_quality,
                                                   settings.png_compress_level, decoded.icc_profile)
 
         body, media_type = await _with_deadline(service, request, work())
-        headers = {"Server-Timing": _server_timing(timings, time.perf_counter() - start)}
+        headers = {"Server-Timing": _server_timing(timings, time.perf_counter() - start),
+                   MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
         return Response(body, media_type=media_type, headers=headers)
 
     @app.post("/curves", dependencies=auth,
               responses={200: {"content": {"application/json": {}, "text/plain": {}},
                                "description": "the curves as JSON tables, or a .cube 1D LUT"}, **_ERRORS})
-    async def curves(request: Request, composite: CompositeFile, mask: MaskFile,
+    async def curves(request: Request, composite: CompositeFile = None, mask: MaskFile = None,
+                     foreground: forms.ForegroundFile = None, foreground_mask: forms.ForegroundMaskFile = None,
+                     background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
+                     scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
+                     strength: forms.StrengthField = None,
                      format: Annotated[Literal["json", "cube"], Form()] = "json",
                      category: CategoryField = None) -> Response:
-        """The per-channel curves the model predicts: 256-entry tables (0-255) as JSON, or a .cube LUT."""
+        """The per-channel curves the model predicts (at the request's strength): 256-entry tables (0-255) and
+        the mismatch score as JSON, or a .cube LUT."""
         start = time.perf_counter()
         service = _service(request)
+        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather)
         category = _check_category(service, category)
         timings: dict[str, float] = {}
-        _, _, result = await _with_deadline(service, request,
-                                            _curves_for(service, timings, composite, mask, category))
+        _, _, result, _ = await _with_deadline(service, request,
+                                               _curves_for(service, timings, form, category, strength))
         total = time.perf_counter() - start
-        headers = {"Server-Timing": _server_timing(timings, total)}
+        mismatch = {name: round(value, 4) for name, value in result.mismatch.items()}
+        headers = {"Server-Timing": _server_timing(timings, total), MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
         if format == "cube":
             headers["Content-Disposition"] = 'attachment; filename="curves.cube"'
             cube = result.to_cube(f"{service.model_name} harmonization curve")
             return PlainTextResponse(cube, headers=headers)
         timings_ms = {name: round(seconds * 1000, 2) for name, seconds in {**timings, "total": total}.items()}
-        return JSONResponse({**result.to_dict(), "model": service.model_name,
-                             "category": category or "unknown", "timings_ms": timings_ms}, headers=headers)
+        return JSONResponse({**result.to_dict(), "mismatch": mismatch, "strength": result.strength,
+                             "model": service.model_name, "category": category or "unknown",
+                             "timings_ms": timings_ms}, headers=headers)
 
     @app.get("/healthz")
     async def healthz() -> dict:

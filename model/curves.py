@@ -4,16 +4,21 @@ A curve with L pieces and positive weights p_i is y(x) = (L / Σp) · Σ_i clamp
 is the straight line through the knots (i/L, Σ_{j<i} p_j / Σp). The network predicts log-weights; p = exp(z)
 keeps every curve monotone with y(0) = 0 and y(1) = 1, and clamping z bounds the normaliser away from zero.
 Cascaded stages compose: C(x) = c_S(…c_2(c_1(x))), and the mask blends once: out = x + m·(C(x) − x). A calibrated
-strength s < 1 applies part of the change, x + s·(C(x) − x): still monotone, still from 0 to 1.
+strength s < 1 applies part of the change, x + s·(C(x) − x): still monotone, still from 0 to 1. The same
+formula serves a per-request strength (`Curves.with_strength`, 0 ≤ s ≤ 1; 0 = the composite unchanged).
+
+The mismatch score is how far the applied 8-bit LUT moves the foreground's levels: Σ_v h(v)·|LUT(v) − v| / Σ_v h(v)
+per channel, h the foreground's mask-weighted level histogram (see thumbnails.foreground_histogram).
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Curves", "apply_curves", "curve_knots", "render", "render_tensor", "MAX_LOG_SLOPE"]
+__all__ = ["Curves", "apply_curves", "check_strength", "curve_knots", "render", "render_tensor", "MAX_LOG_SLOPE"]
 
 MAX_LOG_SLOPE = 6.0  # |log p| bound: slopes within e^±12 of each other, normaliser ≥ L·e^-6
 LEVELS = np.arange(256, dtype=np.float64) / 255.0
@@ -55,13 +60,45 @@ def apply_curves(x: torch.Tensor, mask: torch.Tensor, knots: torch.Tensor, stren
     return outputs
 
 
+def check_strength(strength) -> float:
+    """A share of the curves' change to apply: a finite number in [0, 1] (ValueError naming `strength` else)."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise ValueError(f"strength: must be a number from 0 to 1, got {strength!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"strength: must be from 0 to 1, got {strength!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Curves:
-    """The predicted curves of one image: knot heights (stages, 3, L + 1), float64, each row 0 → 1, and the
-    share of their change to apply."""
+    """The predicted curves of one image: knot heights (stages, 3, L + 1), float64, each row 0 → 1, the share of
+    their change to apply, and (when known) the foreground's mask-weighted level histogram (3, 256), which gives
+    the mismatch score."""
 
     knots: np.ndarray
     strength: float = 1.0
+    histogram: np.ndarray | None = None
+
+    def with_strength(self, strength: float | None) -> "Curves":
+        """The same curves applying `strength` of their change (None: keep this one). One formula for every
+        path: evaluate, lut, to_cube and mismatch all read `self.strength`."""
+        return self if strength is None else replace(self, strength=check_strength(strength))
+
+    @property
+    def mismatch(self) -> dict[str, float] | None:
+        """How far the applied curves move the foreground, in 8-bit levels: the mask-weighted mean absolute
+        change per channel ("r", "g", "b") and over all three ("mean"). 0 for an identity curve or strength 0.
+        The model's own estimate of how far off the composite was, not a quality score. None without a
+        histogram."""
+        if self.histogram is None:
+            return None
+        change = np.abs(self.lut().astype(np.int64) - np.arange(256))  # (3, 256) levels moved
+        weight = self.histogram.sum(axis=1)
+        per_channel = (self.histogram * change).sum(axis=1) / np.maximum(weight, 1e-12)
+        values = dict(zip("rgb", (float(v) for v in per_channel), strict=True))
+        return {"mean": float(per_channel.mean()), **values}
 
     def evaluate(self, x: np.ndarray) -> np.ndarray:
         """The cascaded curve of each channel at values x in [0, 1] → (3, len(x))."""

@@ -3,6 +3,8 @@
     h = Harmonizer.load()                                   # shipped default weights
     out = h.harmonize(image, mask, category=None)           # PIL or uint8 numpy in → same kind out
     curves = h.predict_curves([img1, img2], [mask1, mask2]) # one forward pass for the whole batch
+    out = h.harmonize(foreground=cutout, background=bg, at=(40, 10), scale=0.5, strength=0.8)  # layer input
+    layer = h.harmonize(foreground=cutout, background=bg, at=(40, 10), layer=True)  # RGBA, the cutout's size
 """
 
 import hashlib
@@ -16,8 +18,10 @@ from PIL import Image
 
 from .config import ModelConfig
 from .curves import Curves, render, render_tensor
+from .inputs import to_pil_pair
+from .layers import compose, cut_layer
 from .network import S2CRNet, count_parameters
-from .thumbnails import make_thumbnails
+from .thumbnails import foreground_histogram, make_thumbnails
 from .weights import save_weights
 
 __all__ = ["DEFAULT_WEIGHTS", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
@@ -39,70 +43,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
     return torch.device(device)
-
-
-def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"the {what} contains NaN or infinite values")
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise ValueError(f"a float {what} must hold values in [0, 1]")
-        return np.rint(array * 255).astype(np.uint8)
-    raise ValueError(f"the {what} must be uint8, bool or float in [0, 1], got dtype {array.dtype}")
-
-
-def _image_to_pil(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        if image.mode in ("RGB", "RGBA"):
-            return image
-        if image.mode in ("L", "LA", "P", "PA", "1", "CMYK", "I", "I;16", "F", "RGBX", "YCbCr", "LAB", "HSV"):
-            has_alpha = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-            return image.convert("RGBA" if has_alpha else "RGB")
-        raise ValueError(f"unsupported image mode {image.mode!r}")
-    array = _to_uint8_array(np.asarray(image), "image")
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"the image must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
-    if min(array.shape[:2]) == 0:
-        raise ValueError("the image is empty")
-    return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[-1] == 3 else "RGBA")
-
-
-def _mask_to_pil(mask) -> Image.Image:
-    if isinstance(mask, Image.Image):
-        if mask.mode == "L":
-            return mask
-        if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-            # An alpha mask wins only when it is not fully opaque; else the grey levels are the mask.
-            alpha = mask.convert("RGBA").getchannel("A")
-            if alpha.getextrema()[0] < 255:
-                return alpha
-        return mask.convert("L")
-    array = _to_uint8_array(np.asarray(mask), "mask")
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise ValueError(f"the mask must be H×W (or H×W×1|3|4), got shape {array.shape}")
-    return Image.fromarray(np.ascontiguousarray(array), "L")
-
-
-def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
-    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg."""
-    image, mask = _image_to_pil(image), _mask_to_pil(mask)
-    if image.size != mask.size:
-        raise ValueError(f"mask size {mask.size[0]}×{mask.size[1]} differs from image size "
-                         f"{image.size[0]}×{image.size[1]}")
-    low, high = mask.getextrema()
-    if high == 0:
-        raise ValueError("the mask selects nothing: it needs at least one non-zero (foreground) pixel")
-    if low == 255:
-        raise ValueError("the mask selects the whole image: there is no background to harmonize toward")
-    return image, mask
 
 
 class Harmonizer:
@@ -155,14 +95,31 @@ class Harmonizer:
         batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
         with self._lock:
             knots = self.net.forward_head(*self.net.forward_features(batch), index)
-        return [Curves(k, self.config.strength) for k in knots.double().cpu().numpy()]
+        # Each Curves carries its foreground's level histogram, so its mismatch score is known wherever it goes.
+        return [Curves(k, self.config.strength, foreground_histogram(t))
+                for k, t in zip(knots.double().cpu().numpy(), thumbs, strict=True)]
 
     # --- the public API -------------------------------------------------------------------------------
-    def predict_curves(self, images, masks, categories=None) -> list[Curves]:
+    def predict_curves(self, images, masks, categories=None, strength: float | None = None) -> list[Curves]:
+        """One forward pass for many composites → Curves (with .mismatch); `strength` 0-1 replaces the weights'
+        own share of the change to apply (None keeps it)."""
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
         thumbs = [self.prepare(image, mask)[2] for image, mask in zip(images, masks, strict=True)]
-        return self.curves_from_thumbnails(thumbs, categories)
+        return [c.with_strength(strength) for c in self.curves_from_thumbnails(thumbs, categories)]
+
+    @staticmethod
+    def compose(foreground, background, at=None, scale=None, feather=0.0, box=None, foreground_mask=None):
+        """Place a foreground (RGBA cutout, or RGB + foreground_mask) on a background → (composite, mask), the
+        same kind as the background (PIL or uint8 numpy). at=(x, y): the scaled foreground's top-left in
+        background pixels (default (0, 0), may be negative); scale (default 1) or box=(x0, y0, x1, y1) to fit
+        into; feather: pixels of softening of the matte's edge. Bad placements raise model.layers.LayerError
+        (a ValueError)."""
+
+        layered = compose(foreground, background, at, scale, box, feather, foreground_mask)
+        if isinstance(background, Image.Image):
+            return layered.composite, layered.mask
+        return np.asarray(layered.composite), np.asarray(layered.mask)
 
     def render(self, image: Image.Image, mask: Image.Image, curves: Curves) -> Image.Image:
         """Full-resolution render in place (image: RGB/RGBA, mask: L); on the GPU for large images."""
@@ -175,18 +132,42 @@ class Harmonizer:
             return image
         return render(image, mask, curves.lut())
 
-    def harmonize(self, image, mask, category: str | None = None):
+    def harmonize(self, image=None, mask=None, category: str | None = None, *, strength: float | None = None,
+                  foreground=None, background=None, foreground_mask=None, at=None, scale=None, box=None,
+                  feather=0.0, layer: bool = False):
         """Harmonize one composite. PIL in → PIL out (the input is not modified); numpy uint8 in → numpy out.
 
+        Either `image` + `mask`, or `foreground` + `background` with the keywords of `compose` (the output has
+        the background's size; layer=True returns the harmonized foreground instead, RGBA at its scaled size,
+        alpha unchanged). strength: 0-1, the share of the curves' change to apply (None = the weights' own).
         Grayscale input comes back RGB (the curves may add colour); alpha passes through untouched.
         """
-        was_pil = isinstance(image, Image.Image)
-        original = image
+        layered = None
+        if foreground is not None or background is not None:
+            if image is not None or mask is not None:
+                raise ValueError("give either image + mask or foreground + background, not both")
+            if foreground is None or background is None:
+                raise ValueError("layer input needs both a foreground and a background")
+
+            layered = compose(foreground, background, at, scale, box, feather, foreground_mask)
+            was_pil, original = isinstance(background, Image.Image), None
+            image, mask = layered.composite, layered.mask  # already a copy: render may work in place
+        else:
+            if image is None or mask is None:
+                raise ValueError("harmonize needs an image and a mask (or foreground= and background=)")
+            if layer:
+                raise ValueError("layer=True needs foreground= and background=")
+            was_pil, original = isinstance(image, Image.Image), image
         image, mask, thumbs = self.prepare(image, mask)
         if was_pil and image is original:
             image = image.copy()  # never modify the caller's image
         (curves,) = self.curves_from_thumbnails([thumbs], [category])
-        out = self.render(image, mask, curves)
+        curves = curves.with_strength(strength)
+        if layer:
+
+            out = cut_layer(layered, curves.lut())
+        else:
+            out = self.render(image, mask, curves)
         return out if was_pil else np.asarray(out)
 
     def num_parameters(self) -> int:

@@ -273,3 +273,18 @@ def small_pair() -> tuple[bytes, bytes]:
     """A 320×240 real composite as JPEG bytes and its mask as PNG bytes."""
     composite, mask = real_pair(320, 240)
     return encode(composite, "JPEG", quality=90), encode(mask, "PNG")
+
+
+def real_cutout(index: int = 0, scale: float = 1.0) -> Image.Image:
+    """A segmenter-style RGBA cutout from a real photo: the crop around its object mask, alpha = that mask, and
+    black where the alpha is 0 (as rembg leaves it)."""
+    photo, mask = photo_pair(index)
+    left, top, right, bottom = mask.getbbox()
+    box = (max(left - 4, 0), max(top - 4, 0), min(right + 4, photo.width), min(bottom + 4, photo.height))
+    rgb, alpha = photo.crop(box), mask.crop(box)
+    if scale != 1.0:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb, alpha = rgb.resize(size, Image.Resampling.BILINEAR), alpha.resize(size, Image.Resampling.BILINEAR)
+    cutout = Image.composite(rgb, Image.new("RGB", rgb.size), alpha)
+    cutout.putalpha(alpha)
+    return cutout

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SAMPLES, decode, encode, exif_bytes, real_pair, start_server
+from conftest import REPO, SAMPLES, decode, encode, exif_bytes, real_cutout, real_pair, start_server
 from PIL import Image, ImageCms
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet
@@ -412,8 +412,10 @@ def test_readme_python_example_runs(tmp_path):
     written = sorted(p.name for p in workdir.iterdir() if p.name != "example.py")
     assert written, "the example should write its results"
     for path in workdir.iterdir():
-        if path.suffix in (".jpg", ".png"):
+        if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
             assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
+    layers = [Image.open(path) for path in workdir.glob("layer_*.png")]
+    assert all(layer.mode == "RGBA" for layer in layers)
 
 
 def test_readme_cli_examples_parse():
@@ -425,3 +427,166 @@ def test_readme_cli_examples_parse():
     for line in lines:
         words = shlex.split(line.split(" #")[0])
         build_parser().parse_args(words[1:])  # exits (SystemExit) on any unknown option
+
+
+# --- layer input, strength, manifests and reports ---------------------------------------------------------------
+
+@pytest.fixture
+def layer_files(tmp_path) -> tuple[Path, Path]:
+    """A segmenter-style RGBA cutout and a real background photo, as files."""
+    real_cutout(1).save(tmp_path / "fg.png")
+    real_pair(480, 360, 2)[0].save(tmp_path / "bg.png")
+    return tmp_path / "fg.png", tmp_path / "bg.png"
+
+
+def test_layer_input_equals_the_python_api(tmp_path, layer_files, harmonizer, weights):
+    foreground, background = layer_files
+    result = run_cli("harmonize", "--foreground", foreground, "--background", background, "--at=-20,30",
+                     "--scale", "0.8", "--feather", "2", "--strength", "0.7", "-o", tmp_path / "out.png",
+                     "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    expected = harmonizer.harmonize(foreground=Image.open(foreground), background=Image.open(background),
+                                    at=(-20, 30), scale=0.8, feather=2, strength=0.7)
+    assert np.array_equal(pixels(tmp_path / "out.png"), np.asarray(expected).astype(int))
+    assert Image.open(tmp_path / "out.png").size == (480, 360)
+
+
+def test_layer_flag_writes_the_cutout_with_its_own_alpha(tmp_path, layer_files, weights):
+    foreground, background = layer_files
+    result = run_cli("harmonize", "--foreground", foreground, "--background", background, "--at", "100,40",
+                     "--layer", "-o", tmp_path / "layer.png", "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    layer, cutout = Image.open(tmp_path / "layer.png"), Image.open(foreground)
+    assert layer.mode == "RGBA" and layer.size == cutout.size
+    assert np.array_equal(np.asarray(layer)[..., 3], np.asarray(cutout)[..., 3])
+    assert not np.array_equal(np.asarray(layer)[..., :3], np.asarray(cutout)[..., :3])
+
+
+def test_strength_zero_writes_the_composite_unchanged(tmp_path, weights):
+    composite, mask = real_pair(320, 240, index=4)
+    composite.save(tmp_path / "comp.png")
+    mask.save(tmp_path / "mask.png")
+    for strength, same in (("0", True), ("1", False)):
+        out = tmp_path / f"out{strength}.png"
+        result = run_cli("harmonize", tmp_path / "comp.png", tmp_path / "mask.png", "-o", out,
+                         "--strength", strength, "--weights", weights)
+        assert result.returncode == 0, result.stderr
+        assert np.array_equal(pixels(out), np.asarray(composite).astype(int)) == same
+
+
+@pytest.mark.parametrize("case, words", [
+    ("lands outside", "--at: the 228×257 foreground at 9000,0 lands entirely outside"),
+    ("scale zero", "--scale: must be a number greater than 0"),
+    ("box inverted", "--box: needs x1 > x0"),
+    ("box and at", "--box: give either --at"),
+    ("layer as JPEG", "--layer keeps the foreground's alpha"),
+    ("transparent", "--foreground: the matte is fully transparent"),
+    ("two forms", "give one input form"),
+    ("placement without layers", "--scale place a --foreground on a --background"),
+])
+def test_layer_errors_are_one_line(tmp_path, layer_files, case, words):
+    foreground, background = layer_files
+    Image.new("RGBA", (30, 30)).save(tmp_path / "clear.png")
+    layer = ["--foreground", foreground, "--background", background]
+    args = {
+        "lands outside": [*layer, "--at", "9000,0"],
+        "scale zero": [*layer, "--scale", "0"],
+        "box inverted": [*layer, "--box", "50,0,10,40"],
+        "box and at": [*layer, "--box", "0,0,10,40", "--at", "1,1"],
+        "layer as JPEG": [*layer, "--layer", "-o", tmp_path / "layer.jpg"],
+        "transparent": ["--foreground", tmp_path / "clear.png", "--background", background],
+        "two forms": [foreground, background, *layer],
+        "placement without layers": [foreground, background, "--scale", "2"],
+    }[case]
+    if "-o" not in args:
+        args += ["-o", tmp_path / "out.png"]
+    assert_one_error_line(run_cli("harmonize", *args), words)
+    assert not (tmp_path / "out.png").exists()
+
+
+def _read_report(path: Path) -> dict[str, dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return {row["input"]: row for row in csv.DictReader(f)}
+
+
+def test_layers_manifest_with_a_broken_row(tmp_path, harmonizer, weights):
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    (inputs / "cutouts").mkdir(parents=True)
+    for i in range(3):
+        real_cutout(i, scale=0.5).save(inputs / "cutouts" / f"fg{i}.png")
+    real_pair(480, 360, 2)[0].save(inputs / "bg.jpg", quality=95)
+    manifest = inputs / "manifest.csv"
+    manifest.write_text("foreground,background,x,y,scale,output\n"
+                        "cutouts/fg0.png,bg.jpg,10,20,,\n"                   # line 2: default name, JPEG
+                        "cutouts/fg1.png,bg.jpg,-30,100,0.5,named/one.png\n"  # line 3: cut off, scaled, named
+                        "cutouts/fg2.png,bg.jpg,left,0,,\n"                 # line 4: broken: x is not a number
+                        "cutouts/nope.png,bg.jpg,0,0,,\n"                   # line 5: no such file
+                        "cutouts/fg2.png,bg.jpg,5000,0,,\n"                 # line 6: lands outside
+                        "cutouts/fg2.png,bg.jpg,200,150,1.5,\n")            # line 7
+    command = ["harmonize", "--layers", manifest, "-o", out, "--report", tmp_path / "report.csv",
+               "--weights", weights, "--batch-size", 2, "--progress"]
+
+    result = run_cli(*command)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert summary_counts(result) == (3, 0, 3, 0)
+    assert re.search(r"^s2crnet: failed manifest\.csv:4: x: must be a whole number", result.stderr, re.M)
+    assert re.search(r"^s2crnet: failed manifest\.csv:5: No such file or directory", result.stderr, re.M)
+    assert re.search(r"^s2crnet: failed manifest\.csv:6: x, y: .* lands entirely outside", result.stderr, re.M)
+    assert re.search(r"\d+/5 \[", result.stderr), "progress bar"  # the five rows that parse
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["00001_fg0_on_bg.jpg", "00006_fg2_on_bg.jpg", "named/one.png"]
+    expected = harmonizer.harmonize(foreground=Image.open(inputs / "cutouts" / "fg1.png"),
+                                    background=Image.open(inputs / "bg.jpg"), at=(-30, 100), scale=0.5)
+    assert np.abs(pixels(out / "named" / "one.png") - np.asarray(expected).astype(int)).max() <= 1
+
+    report = _read_report(tmp_path / "report.csv")
+    assert {row: report[row]["status"] for row in report} == {
+        "manifest.csv:2": "harmonized", "manifest.csv:3": "harmonized", "manifest.csv:4": "failed",
+        "manifest.csv:5": "failed", "manifest.csv:6": "failed", "manifest.csv:7": "harmonized"}
+    named = report["manifest.csv:3"]
+    assert Path(named["output"]) == (out / "named" / "one.png").resolve()
+    curves = harmonizer.predict_curves(*[[x] for x in harmonizer.compose(
+        Image.open(inputs / "cutouts" / "fg1.png"), Image.open(inputs / "bg.jpg"), at=(-30, 100), scale=0.5)])[0]
+    assert float(named["mismatch"]) == pytest.approx(curves.mismatch["mean"], abs=0.01)
+    assert float(named["decode_ms"]) > 0 and float(named["infer_ms"]) > 0 and float(named["encode_ms"]) > 0
+    assert "whole number" in report["manifest.csv:4"]["error"]
+
+    resumed = run_cli(*command)
+    assert resumed.returncode == 1 and summary_counts(resumed) == (0, 3, 3, 0), resumed.stderr
+    assert sum(row["status"] == "skipped" for row in _read_report(tmp_path / "report.csv").values()) == 3
+
+
+def test_layers_manifest_writes_layers(tmp_path, weights):
+    real_cutout(0, scale=0.4).save(tmp_path / "fg.png")
+    real_pair(320, 240, 1)[0].save(tmp_path / "bg.jpg")
+    (tmp_path / "m.csv").write_text("foreground,background,x,y\nfg.png,bg.jpg,5,5\nfg.png,bg.jpg,-40,60\n")
+    result = run_cli("harmonize", "--layers", tmp_path / "m.csv", "-o", tmp_path / "out", "--layer",
+                     "--feather", "1", "--weights", weights)
+    assert result.returncode == 0 and summary_counts(result) == (2, 0, 0, 0), result.stderr
+    cutout = Image.open(tmp_path / "fg.png")
+    for path in (tmp_path / "out").iterdir():
+        layer = Image.open(path)
+        assert path.suffix == ".png" and layer.mode == "RGBA" and layer.size == cutout.size
+        assert np.array_equal(np.asarray(layer)[..., 3], np.asarray(cutout)[..., 3])
+
+
+def test_folder_report_has_a_row_per_image(tmp_path, harmonizer, weights):
+    composites, masks, out = tmp_path / "composites", tmp_path / "masks", tmp_path / "out"
+    for i in range(3):
+        write_pair(composites, masks, i, f"c{i}.png", f"c{i}.png", size=(160, 120))
+    write_pair(composites, tmp_path / "nowhere", 3, "lonely.png", "lonely.png", size=(160, 120))
+    result = run_cli("harmonize", "--composites", composites, "--masks", masks, "-o", out, "--weights", weights,
+                     "--report", tmp_path / "report.csv", "--strength", "0.5")
+    assert result.returncode == 1 and summary_counts(result) == (3, 0, 0, 1), result.stderr
+    report = _read_report(tmp_path / "report.csv")
+    assert report[str((composites / "lonely.png").resolve())]["status"] == "unpaired"
+    for i in range(3):
+        row = report[str((composites / f"c{i}.png").resolve())]
+        assert row["status"] == "harmonized" and Path(row["output"]) == (out / f"c{i}.png").resolve()
+        composite, mask = Image.open(composites / f"c{i}.png"), Image.open(masks / f"c{i}.png")
+        (curves,) = harmonizer.predict_curves([composite], [mask], strength=0.5)
+        for column, key in (("mismatch", "mean"), ("mismatch_r", "r"), ("mismatch_g", "g"), ("mismatch_b", "b")):
+            assert float(row[column]) == pytest.approx(curves.mismatch[key], abs=0.01), column

@@ -4,9 +4,10 @@ Hypothesis builds whole requests: random bytes; truncated and corrupted JPEG/PNG
 and 1×1 images; decompression bombs (huge sizes declared in PNG, GIF, TIFF, JPEG, BMP and WebP headers; PNG text
 and ICC chunks that inflate to 100 MB); every Pillow mode; animated GIF and multi-page TIFF; EXIF orientations
 1-8; masks of other sizes, all-zero, all-one, soft, RGB, with alpha; missing, duplicated and extra form fields;
-absurd quality/format/category; wrong content types; truncated multipart bodies; chunked bodies over the upload
-limit. After every batch of requests /healthz must answer; the server's peak RSS is reported. A schemathesis run
-against /openapi.json follows the same rule.
+absurd quality/format/category; the layer form (foreground, foreground_mask, background) and random, huge,
+negative and NaN values for x, y, scale, box, feather, strength and output; wrong content types; truncated
+multipart bodies; chunked bodies over the upload limit. After every batch of requests /healthz must answer; the
+server's peak RSS is reported. A schemathesis run against /openapi.json follows the same rule.
 
     nice -n 15 .venv/bin/pytest -q tests/test_reliability_inputs.py            # fast: a few hundred requests
     nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_inputs.py    # full: ≥ 2,000 requests
@@ -27,7 +28,7 @@ import numpy as np
 import psutil
 import pytest
 import schemathesis
-from conftest import exif_bytes, read_http_answer, real_pair, start_server
+from conftest import exif_bytes, read_http_answer, real_cutout, real_pair, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -304,6 +305,44 @@ def text_values() -> st.SearchStrategy[str]:
     return st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 
 
+HOSTILE_NUMBERS = ["NaN", "nan", "inf", "-inf", "1e309", "-0", "0", "", " 3", "1,5", "0x10", "10" * 40, "1e-320",
+                   "9" * 5000]
+
+
+def number_values() -> st.SearchStrategy[str]:
+    """Form values for the numeric layer fields: ordinary, huge, negative, non-finite and not numbers at all."""
+    return st.one_of(st.integers(-500, 500).map(str), st.integers(-10**40, 10**40).map(str),
+                     st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(HOSTILE_NUMBERS),
+                     text_values())
+
+
+def box_values() -> st.SearchStrategy[str]:
+    corner = st.one_of(st.integers(-100, 600), st.integers(-10**30, 10**30), st.sampled_from(["NaN", "", "x"]))
+    return st.one_of(st.lists(corner, min_size=4, max_size=4).map(lambda v: ",".join(map(str, v))),
+                     st.lists(corner, min_size=0, max_size=6).map(lambda v: ",".join(map(str, v))), text_values())
+
+
+SANE = {"x": st.integers(-40, 60).map(str), "y": st.integers(-40, 60).map(str),
+        "scale": st.floats(0.05, 4).map(repr), "feather": st.floats(0, 20).map(repr),
+        "strength": st.floats(0, 1).map(repr)}
+
+
+@st.composite
+def layer_fields(draw, endpoint: str) -> dict[str, str]:
+    """Some of x, y, scale, box, feather, strength (and output on /harmonize): mostly ordinary values, so composing
+    is reached, else any value."""
+    fields = {}
+    for name in ("x", "y", "scale", "feather", "strength"):
+        if draw(st.integers(0, 2)) == 0:
+            fields[name] = draw(st.one_of(*[SANE[name]] * 3, number_values()))
+    if draw(st.integers(0, 5)) == 0:
+        fields["box"] = draw(box_values())
+    if endpoint == "/harmonize" and draw(st.integers(0, 3)) == 0:
+        fields["output"] = draw(st.one_of(*[st.sampled_from(["image", "layer"])] * 3,
+                                          st.sampled_from(["LAYER", ""]), text_values()))
+    return fields
+
+
 @st.composite
 def requests_(draw, categories: tuple[str, ...]) -> Spec:
     endpoint = draw(st.sampled_from(["/harmonize", "/harmonize", "/curves"]))
@@ -321,8 +360,16 @@ def requests_(draw, categories: tuple[str, ...]) -> Spec:
         return spec
     composite, mask, good, description = draw(composite_and_mask())
     spec.notes.append(description)
-    counts, named = {}, True
-    for name, payload in (("composite", composite), ("mask", mask)):
+    counts, named = {"composite": 0, "mask": 0}, True
+    parts: tuple = (("composite", composite), ("mask", mask))
+    layer_form = draw(st.integers(0, 3)) == 0  # foreground (+ foreground_mask) + background instead
+    if layer_form:
+        background = _save(_real_at(*draw(st.sampled_from([(16, 16), (48, 64), (7, 5), (1, 1)])), 2)[0], "PNG")
+        parts = (("foreground", composite), ("background", draw(st.sampled_from([background, mask, composite]))))
+        if draw(st.booleans()):
+            parts += (("foreground_mask", mask),)
+        spec.notes.append("layer form")
+    for name, payload in parts:
         counts[name] = draw(st.sampled_from([1] * 12 + [0, 2]))
         filename = draw(st.sampled_from(["x.jpg"] * 6 + ["../../etc/passwd", "/tmp/x.png", "C:\\x.bmp", "", "ü.tif"]))
         named &= filename != ""  # a part with an empty file name is a text field (as browsers send no file)
@@ -350,6 +397,10 @@ def requests_(draw, categories: tuple[str, ...]) -> Spec:
         value = draw(st.one_of(*[st.sampled_from(categories)] * 4, text_values()))
         spec.data["category"] = value
         fields_ok &= value in categories or value == ""
+    if draw(st.integers(0, 2)) == 0 or layer_form:
+        layer_values = draw(layer_fields(endpoint))
+        spec.data.update(layer_values)
+        fields_ok &= not layer_values  # a placement field beside a composite is a 422; any value can be bad
     # unknown fields are ignored; a known one changes the answer
     for _ in range(draw(st.sampled_from([0] * 4 + [1, 2, 3]))):
         name = draw(st.sampled_from(["extra", "x" * 300, "quality", "format", "category", "composite", "mask"]))
@@ -366,7 +417,7 @@ def requests_(draw, categories: tuple[str, ...]) -> Spec:
     if draw(st.integers(0, 15)) == 15:  # not 0: hypothesis draws small values most often
         spec.truncate_body_at = draw(st.integers(0, 4096))
     well_formed = spec.content_type == "auto" and spec.truncate_body_at is None
-    counts_ok = counts["composite"] == 1 and counts["mask"] == 1 and named
+    counts_ok = counts["composite"] == 1 and counts["mask"] == 1 and named and not layer_form
     if well_formed and counts_ok and fields_ok and good:
         spec.expect = 200
     elif well_formed and counts_ok and fields_ok and "(bomb)" in description:
@@ -499,6 +550,52 @@ def test_hostile_inputs_fast(hostile_server, record_property):
 def test_hostile_inputs_full(hostile_server, record_property):
     stats = run_hostile(hostile_server, FULL_EXAMPLES, record_property)
     assert stats["requests"] >= 2000 and stats["statuses"].get(200, 0) > 0
+
+
+@functools.cache
+def _layer_parts() -> dict[str, bytes]:
+    cutout = real_cutout(3, scale=0.2)  # 57×93 RGBA
+    return {"foreground": _save(cutout, "PNG"), "rgb": _save(cutout.convert("RGB"), "JPEG"),
+            "matte": _save(cutout.getchannel("A"), "PNG"), "background": _save(_real_at(64, 48, 1)[0], "JPEG")}
+
+
+@st.composite
+def layer_requests(draw) -> Spec:
+    """Well-formed layer requests (a real cutout, a real background) whose fields are fuzzed."""
+    parts = _layer_parts()
+    spec = Spec(draw(st.sampled_from(["/harmonize", "/curves"])))
+    if draw(st.booleans()):
+        spec.files = [("foreground", ("f.png", parts["foreground"], "image/png"))]
+    else:
+        spec.files = [("foreground", ("f.jpg", parts["rgb"], "image/jpeg")),
+                      ("foreground_mask", ("m.png", parts["matte"], "image/png"))]
+    spec.files.append(("background", ("b.jpg", parts["background"], "image/jpeg")))
+    spec.data = draw(layer_fields(spec.endpoint))
+    spec.notes.append("layer form, fuzzed fields")
+    return spec
+
+
+def test_layer_fields_fuzz(hostile_server, record_property):
+    """Random, huge, negative and NaN placements, strengths and outputs on a good cutout: 200 or a JSON 4xx."""
+    client = httpx.Client(timeout=60)
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(spec=layer_requests())
+    def exchange(spec: Spec) -> None:
+        status, headers, body = send(client, hostile_server.url, spec)
+        statuses[status] = statuses.get(status, 0) + 1
+        judge(spec, status, headers, body)
+        if status == 200 and spec.data.get("output") == "layer":
+            assert Image.open(io.BytesIO(body)).mode == "RGBA"
+
+    try:
+        exchange()
+    finally:
+        client.close()
+    record_property("layer_fuzz_statuses", statuses)
+    assert statuses.get(200, 0) >= 20 and statuses.get(422, 0) >= 20, statuses
+    assert not [s for s in statuses if s >= 500], statuses
 
 
 @pytest.mark.parametrize("name", sorted(bombs()))

@@ -7,7 +7,7 @@ from io import BytesIO
 import httpx
 import numpy as np
 import pytest
-from conftest import decode, encode, exif_bytes, photo_pair, post_image, real_pair
+from conftest import decode, encode, exif_bytes, photo_pair, post_image, real_cutout, real_pair
 from PIL import Image, ImageCms, ImageOps
 
 from app.metrics import STAGES
@@ -225,6 +225,10 @@ def test_info(server, local):
 
 def test_metrics_after_traffic(server, small_pair):
     assert post_image(server.url, *small_pair).status_code == 200
+    cutout, background = real_cutout(0, scale=0.25), real_pair(160, 120, 1)[0]  # layer input: the compose stage
+    layer = httpx.post(server.url + "/harmonize", files={"foreground": ("f.png", encode(cutout, "PNG")),
+                                                         "background": ("b.png", encode(background, "PNG"))})
+    assert layer.status_code == 200, layer.text
     text = httpx.get(server.url + "/metrics").text
     assert re.search(r'^s2crnet_requests_total\{endpoint="/harmonize",status="200"\} [1-9]', text, re.M)
     for bucket in ("0.001", "60.0"):  # 1 ms … 60 s

@@ -1,0 +1,98 @@
+"""The two input forms of POST /harmonize and /curves, checked before any decoding.
+
+Either `composite` + `mask` (a finished composite), or `foreground` (+ `foreground_mask`) + `background` with
+the placement fields `x`, `y`, `scale`, `box`, `feather` (model.layers composes them). Mixing the two, or a
+half-sent form, is a 422 naming the parts, so a client never gets a result it did not ask for.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import File, Form, UploadFile
+
+from model.layers import LayerError, parse_box
+
+from .errors import ApiError
+
+__all__ = ["InputForm", "layer_api_error", "read_form",
+           "BoxField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile", "OutputField",
+           "ScaleField", "StrengthField", "XField", "YField"]
+
+OptionalFile = UploadFile | None
+ForegroundFile = Annotated[OptionalFile, File(description="layer input: the object to place, RGBA (alpha = its "
+                                                          "matte) or RGB with `foreground_mask`")]
+ForegroundMaskFile = Annotated[OptionalFile, File(description="layer input: the foreground's matte, same size "
+                                                              "(replaces its alpha)")]
+BackgroundFile = Annotated[OptionalFile, File(description="layer input: the photo to place the foreground on; "
+                                                          "the output has its size")]
+XField = Annotated[int | None, Form(description="layer input: the foreground's left edge in background pixels "
+                                                "(default 0; may be negative)")]
+YField = Annotated[int | None, Form(description="layer input: the foreground's top edge (default 0)")]
+ScaleField = Annotated[float | None, Form(description="layer input: resample the foreground by this factor "
+                                                      "(default 1; > 0)")]
+BoxField = Annotated[str | None, Form(description="layer input: x0,y0,x1,y1 to fit the foreground into, aspect "
+                                                  "kept, centred (instead of x, y, scale)")]
+FeatherField = Annotated[float | None, Form(description="layer input: pixels of Gaussian softening of the "
+                                                        "matte's edge, inwards (default 0)")]
+StrengthField = Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False, description="share of the "
+                                             "curves' change to apply, 0-1 (default: the weights' own)")]
+OutputField = Annotated[Literal["image", "layer"], Form(description="image: the flattened result; layer: the "
+                                                                    "harmonized foreground as RGBA (layer input)")]
+
+_PLACEMENT = ("x", "y", "scale", "box", "feather")
+
+
+@dataclass
+class InputForm:
+    """What a request sent, once checked: `layer` says which form."""
+
+    layer: bool
+    composite: UploadFile | None = None
+    mask: UploadFile | None = None
+    foreground: UploadFile | None = None
+    foreground_mask: UploadFile | None = None
+    background: UploadFile | None = None
+    at: tuple[int, int] | None = None
+    scale: float | None = None
+    box: tuple[int, int, int, int] | None = None
+    feather: float = 0.0
+
+
+def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground: UploadFile | None,
+              foreground_mask: UploadFile | None, background: UploadFile | None, x: int | None, y: int | None,
+              scale: float | None, box: str | None, feather: float | None) -> InputForm:
+    """The request's form, or a 422: missing_field for a half-sent form, mixed_inputs for both at once."""
+    placement = {"x": x, "y": y, "scale": scale, "box": box, "feather": feather}
+    layer_parts = [name for name, part in (("foreground", foreground), ("foreground_mask", foreground_mask),
+                                           ("background", background)) if part is not None]
+    layer_parts += [name for name in _PLACEMENT if placement[name] is not None]
+    composite_parts = [name for name, part in (("composite", composite), ("mask", mask)) if part is not None]
+    if layer_parts and composite_parts:
+        raise ApiError(422, "mixed_inputs", f"{', '.join(composite_parts + layer_parts)}: send either composite "
+                       "+ mask, or foreground + background (with x, y, scale, box, feather), not both")
+    if not layer_parts:
+        missing = [name for name in ("composite", "mask") if name not in composite_parts]
+        if missing:
+            alternative = " (or foreground + background)" if len(missing) == 2 else ""
+            raise ApiError(422, "missing_field", f"{', '.join(missing)}: missing; send the file parts composite "
+                           f"and mask{alternative}")
+        return InputForm(False, composite=composite, mask=mask)
+    missing = [name for name in ("foreground", "background") if name not in layer_parts]
+    if missing:
+        raise ApiError(422, "missing_field", f"{', '.join(missing)}: missing; layer input needs the file parts "
+                       "foreground and background")
+    at = None
+    if x is not None or y is not None:
+        at = (x or 0, y or 0)
+    try:
+        parsed_box = parse_box(box) if box is not None else None
+    except LayerError as e:
+        raise layer_api_error(e) from None
+    return InputForm(True, foreground=foreground, foreground_mask=foreground_mask, background=background, at=at,
+                     scale=scale, box=parsed_box, feather=feather or 0.0)
+
+
+def layer_api_error(error: LayerError) -> ApiError:
+    """A bad foreground → invalid_foreground; a bad placement (x, y, scale, box, feather) → invalid_placement."""
+    code = "invalid_foreground" if error.field in ("foreground", "foreground_mask") else "invalid_placement"
+    return ApiError(422, code, str(error))

@@ -1,0 +1,71 @@
+"""PIL images or numpy arrays in → a validated RGB(A) image and an L mask of one size; a ValueError that names
+the input and what was expected otherwise."""
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["image_to_pil", "mask_to_pil", "to_pil_pair"]
+
+
+def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"the {what} contains NaN or infinite values")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"a float {what} must hold values in [0, 1]")
+        return np.rint(array * 255).astype(np.uint8)
+    raise ValueError(f"the {what} must be uint8, bool or float in [0, 1], got dtype {array.dtype}")
+
+
+def image_to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGB", "RGBA"):
+            return image
+        if image.mode in ("L", "LA", "P", "PA", "1", "CMYK", "I", "I;16", "F", "RGBX", "YCbCr", "LAB", "HSV"):
+            has_alpha = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            return image.convert("RGBA" if has_alpha else "RGB")
+        raise ValueError(f"unsupported image mode {image.mode!r}")
+    array = _to_uint8_array(np.asarray(image), "image")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"the image must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    if min(array.shape[:2]) == 0:
+        raise ValueError("the image is empty")
+    return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[-1] == 3 else "RGBA")
+
+
+def mask_to_pil(mask) -> Image.Image:
+    if isinstance(mask, Image.Image):
+        if mask.mode == "L":
+            return mask
+        if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+            # An alpha mask wins only when it is not fully opaque; else the grey levels are the mask.
+            alpha = mask.convert("RGBA").getchannel("A")
+            if alpha.getextrema()[0] < 255:
+                return alpha
+        return mask.convert("L")
+    array = _to_uint8_array(np.asarray(mask), "mask")
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"the mask must be H×W (or H×W×1|3|4), got shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array), "L")
+
+
+def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
+    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg."""
+    image, mask = image_to_pil(image), mask_to_pil(mask)
+    if image.size != mask.size:
+        raise ValueError(f"mask size {mask.size[0]}×{mask.size[1]} differs from image size "
+                         f"{image.size[0]}×{image.size[1]}")
+    low, high = mask.getextrema()
+    if high == 0:
+        raise ValueError("the mask selects nothing: it needs at least one non-zero (foreground) pixel")
+    if low == 255:
+        raise ValueError("the mask selects the whole image: there is no background to harmonize toward")
+    return image, mask
