@@ -2,8 +2,9 @@
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-__all__ = ["CATEGORIES", "UNKNOWN", "ModelConfig", "PAPER_CONFIG"]
+__all__ = ["CATEGORIES", "DEVICES", "UNKNOWN", "ModelConfig", "PAPER_CONFIG"]
 
+DEVICES = ("auto", "cpu", "cuda")  # where the network runs; "auto": a CUDA GPU when there is one
 UNKNOWN = "unknown"
 # The coarse foreground classes the shared training photos carry; "unknown" is the fallback for anything else.
 CATEGORIES = (

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import ModelConfig
+from .config import DEVICES, ModelConfig
 from .curves import Curves, render, render_tensor
 from .inputs import to_pil_pair
 from .layers import compose, cut_layer
@@ -24,7 +24,7 @@ from .network import S2CRNet, count_parameters
 from .thumbnails import foreground_histogram, make_thumbnails
 from .weights import save_weights
 
-__all__ = ["DEFAULT_WEIGHTS", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
+__all__ = ["DEFAULT_WEIGHTS", "DEVICES", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
 
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "s2crnet_squeezenet.pt"
@@ -38,7 +38,7 @@ class WeightsError(RuntimeError):
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
+    if device not in DEVICES:
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")

@@ -44,6 +44,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SAMPLES = DATA / "iharmony4_samples"
+REAL_VAL = DATA / "iharmony4_val"  # real composites for choosing weights; never trained on
 PHOTOS = DATA / "photos"
 DEFAULT_SERVER_ARGS = [sys.executable, "-m", "app"]  # app.main.run: uvicorn plus the drain on SIGTERM
 

@@ -114,3 +114,36 @@ def test_a_lite0_training_run_validates_on_real_triples_and_writes_loadable_weig
     # The ImageNet layers came from the package: the frozen stem is exactly its weights.
     features, _ = lite0_state_dict(imagenet_checkpoint())
     assert torch.equal(h.net.backbone.features[0][0].weight, features["0.0.weight"])
+
+
+def test_a_recipe_sets_defaults_that_the_command_line_overrides():
+    from model.training.recipes import RECIPES
+    from model.training.train import parse_arguments
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return parse_arguments(parser, list(argv))
+
+    recipe = RECIPES["lite0-real"]
+    args = parse("--recipe", "lite0-real")
+    assert args.backbone == recipe["backbone"] and args.steps == recipe["steps"]
+    assert [str(p) for p in args.val_real] == recipe["val_real"]
+    args = parse("--recipe", "lite0-real", "--steps", "7", "--photos", "mine.csv")
+    assert args.steps == 7 and [str(p) for p in args.photos] == ["mine.csv"]  # replaced, not appended
+    assert parse("--photos", "mine.csv").backbone == "squeezenet"  # no recipe: the plain defaults
+    with pytest.raises(SystemExit):
+        parse("--recipe", "no-such-recipe")
+
+
+def test_stop_step_ends_a_leg_that_resume_continues_on_the_same_schedule(tmp_path):
+    manifest = tiny_manifest(tmp_path, 40)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["--photos", str(manifest), "--thumb", "32", "--size", "48", "--batch-size", "4", "--steps", "6",
+              "--warmup", "2", "--val-every", "3", "--val-samples", "4", "--workers", "0", "--threads", "1",
+              "--device", "cpu", "--ema", "0", "--run-dir", str(tmp_path / "run")]
+    run(parser.parse_args([*common, "--stop-step", "2"]))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 2
+    run(parser.parse_args([*common, "--resume"]))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS, SAMPLES, real_pair
+from conftest import PHOTOS, REAL_VAL, SAMPLES, real_pair
 from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
@@ -463,3 +463,13 @@ def test_shipped_weights_beat_doing_nothing_on_the_shared_samples():
     worse = {row["name"]: row["S2CRNet"]["mse"] / row["do nothing"]["mse"] for row in rows
              if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]}
     assert not worse, f"samples made more than 20% worse than their composite: {worse}"
+
+
+def test_shipped_weights_beat_doing_nothing_on_real_composites():
+    rows, _ = evaluate(Harmonizer.load(device="cpu"), find_items(REAL_VAL))
+    summary = summarise(rows)["All"]
+    assert summary["n"] == 18
+    assert summary["S2CRNet"]["mse"] < 0.9 * summary["do nothing"]["mse"]
+    assert summary["S2CRNet"]["fmse"] < summary["do nothing"]["fmse"]
+    worse = [row["name"] for row in rows if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]]
+    assert len(worse) <= 2, f"real composites made more than 20% worse than doing nothing: {worse}"

@@ -25,7 +25,7 @@ from skimage import color
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from ..harmonizer import Harmonizer
+from ..harmonizer import DEVICES, Harmonizer
 from ..iharmony import SUBSETS, read_iharmony_labels, read_iharmony_split
 from .data import VAL_SEED, HarmonyPairs, PhotoSource, lab_to_rgb
 
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=192, help="with a manifest: how many held-out pairs to score")
     p.add_argument("--split", default="test", help="iHarmony4 list to read: *_SPLIT.txt or SPLIT.txt")
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped weights)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--sheet", type=Path, default=None, help="write a before/after contact sheet (jpg/png)")
     p.add_argument("--full-res", action="store_true", help="also score at full resolution")

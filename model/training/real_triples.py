@@ -15,11 +15,11 @@ from PIL import Image, ImageOps
 from ..curves import apply_curves
 from ..iharmony import read_iharmony_split
 from ..thumbnails import make_thumbnails
+from .evaluate import WORSE_MARGIN
 
-__all__ = ["RealTriples", "WORSE_MARGIN"]
+__all__ = ["RealTriples"]
 
 EVAL_SIZE = 256
-WORSE_MARGIN = 1.2  # an image is "made worse" when its MSE exceeds 1.2 × its composite's
 
 
 def _open(path: Path, mode: str) -> Image.Image:

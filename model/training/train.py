@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..backbones import list_backbones
 from ..config import ModelConfig
-from ..harmonizer import resolve_device
+from ..harmonizer import DEVICES, resolve_device
 from ..network import S2CRNet, count_parameters
 from ..weights import load_initial_weights, save_weights
 from .batch_norm import batch_norm_thumbnails, recompute_batch_norm
@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, default=0.999,
                    help="validate and save an exponential moving average of the weights with this decay (0 = off)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--device", default="auto", choices=DEVICES)
     g.add_argument("--workers", type=int, default=1, help="data-generating processes")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores; 1 keeps a shared machine responsive)")
@@ -109,6 +109,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-samples", type=int, default=768, help="fixed held-out pairs scored at each validation")
     g.add_argument("--checkpoint-minutes", type=float, default=3.0)
     g.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this wall time")
+    g.add_argument("--stop-step", type=int, default=None,
+                   help="stop (and save) after this step; the schedule still spans --steps")
 
 
 def get_lr(step: int, args) -> float:
@@ -316,11 +318,12 @@ def run(args) -> dict:
         if step % args.val_every == 0 or step == args.steps:
             validate()
         out_of_time = args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60
-        if time.monotonic() - last_save > args.checkpoint_minutes * 60 or step == args.steps or out_of_time:
+        at_stop = step == args.stop_step
+        if time.monotonic() - last_save > args.checkpoint_minutes * 60 or step == args.steps or out_of_time or at_stop:
             save_checkpoint()
             last_save = time.monotonic()
-        if out_of_time:
-            tqdm.write(f"stopping after {args.max_minutes} minutes at step {step}; continue with --resume")
+        if out_of_time or at_stop:
+            tqdm.write(f"stopping at step {step}; continue with --resume")
             break
     bar.close()
     return best
