@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import model
 from model import Curves, Harmonizer
 
-from . import imaging
+from . import imaging, memory
 from .batcher import Batcher, BatcherClosed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install_error_handlers
 from .metrics import Metrics
@@ -39,6 +39,8 @@ from .settings import Settings
 __all__ = ["Service", "create_app", "run"]  # and `app`, built on first access
 
 log = logging.getLogger(__name__)
+
+TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed memory back (malloc_trim) after it
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Service:
     pool: ThreadPoolExecutor | None = None
     ready: bool = False  # the model is loaded and warmed up
     draining: bool = False  # SIGTERM seen: refuse new work, finish accepted work
+    budget: memory.PixelBudget | None = None  # decoded pixels in flight (max_inflight_pixels)
     in_flight: int = 0  # /harmonize and /curves requests admitted and not yet answered
     preparing: int = 0  # of those, the ones decoding or thumbnailing: they will join the batcher soon
 
@@ -95,6 +98,8 @@ def _start(service: Service) -> None:
     """Load the weights, warm up (a forward pass at batch 1 and at full batch, a render), then go ready."""
     settings = service.settings
     Image.MAX_IMAGE_PIXELS = settings.max_pixels  # Pillow's own bomb check: a second fence behind ours
+    if settings.release_memory and not memory.tune_allocator():
+        log.info("not glibc: the allocator is left as it is")
     torch.set_num_threads(settings.torch_threads)
     harmonizer = Harmonizer.load(settings.weights, settings.device)
     service.harmonizer = harmonizer
@@ -184,20 +189,45 @@ async def _with_deadline(service: Service, request: Request, work) -> object:
     raise ApiError(504, "timeout", f"the request took longer than {service.settings.request_timeout_s} s")
 
 
+@asynccontextmanager
+async def _reserved(service: Service, pixels: int):
+    """Hold `pixels` of the in-flight budget (see app/memory.py) for the block; 503 + Retry-After when they do
+    not come free within half the request's deadline, so that the work keeps the other half."""
+    wait_s = service.settings.request_timeout_s / 2
+    try:
+        held = await service.budget.acquire(pixels, wait_s)
+    except TimeoutError:
+        raise ApiError(503, "overloaded", f"the server's memory budget ({service.settings.max_inflight_pixels} "
+                       f"decoded pixels in flight) stayed spent for {wait_s:g} s; retry later",
+                       {"Retry-After": RETRY_AFTER_S}) from None
+    try:
+        yield
+    finally:
+        service.budget.release(held)
+        if held >= TRIM_AFTER_PIXELS and service.settings.release_memory:
+            with suppress(RuntimeError):  # the pool is already shut down: the process is exiting anyway
+                service.pool.submit(memory.trim)  # off the event loop; a few ms
+
+
 async def _curves_for(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
-                      category: str | None):
-    """Decode, thumbnail, batch → (decoded composite, mask image, curves)."""
+                      category: str | None, stack: AsyncExitStack):
+    """Headers → memory reservation (held until `stack` closes) → decode, thumbnail, batch → (decoded
+    composite, mask image, curves)."""
     max_pixels = service.settings.max_pixels
     service.preparing += 1
     try:
         with service.stage(timings, "decode"):  # both at once: Pillow decodes without holding the GIL
-            decoded_composite, decoded_mask = await asyncio.gather(
-                service.run_blocking(imaging.decode, composite.file, "composite", max_pixels, True),
-                service.run_blocking(imaging.decode, mask.file, "mask", max_pixels, False),
-                return_exceptions=True)
-        for outcome in (decoded_composite, decoded_mask):  # both bad: the composite's error, every time
-            if isinstance(outcome, BaseException):
-                raise outcome
+            opened = await asyncio.gather(
+                service.run_blocking(imaging.open_image, composite.file, "composite", max_pixels),
+                service.run_blocking(imaging.open_image, mask.file, "mask", max_pixels), return_exceptions=True)
+            _raise_first(opened)  # both bad: the composite's error, every time
+            # Reserved from the headers, before a pixel is decoded: a mask of another size is refused later.
+            await stack.enter_async_context(_reserved(service, max(i.width * i.height for i in opened)))
+            decoded = await asyncio.gather(
+                service.run_blocking(imaging.decode_opened, opened[0], "composite", True),
+                service.run_blocking(imaging.decode_opened, opened[1], "mask", False), return_exceptions=True)
+            _raise_first(decoded)
+        decoded_composite, decoded_mask = decoded
         width, height = decoded_composite.image.size
         service.metrics.megapixels.observe(width * height / 1e6)
         with service.stage(timings, "thumbnail"):
@@ -222,6 +252,12 @@ async def _curves_for(service: Service, timings: dict, composite: UploadFile, ma
     return decoded_composite, mask_image, curves
 
 
+def _raise_first(outcomes: list) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 def _server_timing(timings: dict[str, float], total: float) -> str:
     parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
     return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
@@ -241,7 +277,7 @@ CategoryField = Annotated[str | None, Form(description="a category the model kno
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    service = Service(settings)
+    service = Service(settings, budget=memory.PixelBudget(settings.max_inflight_pixels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -276,14 +312,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timings: dict[str, float] = {}
 
         async def work():
-            decoded, mask_image, curves = await _curves_for(service, timings, composite, mask, category)
-            with service.stage(timings, "render"):
-                out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image, curves)
-            fmt = imaging.output_format_for(format, decoded.format)
-            with service.stage(timings, "encode"):
-                return await service.run_blocking(imaging.encode, out, fmt,
-                                                  quality or settings.default_quality,
-                                                  settings.png_compress_level, decoded.icc_profile)
+            async with AsyncExitStack() as stack:
+                decoded, mask_image, curves = await _curves_for(service, timings, composite, mask, category,
+                                                                stack)
+                with service.stage(timings, "render"):
+                    out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image,
+                                                     curves)
+                fmt = imaging.output_format_for(format, decoded.format, out.mode == "RGBA")
+                with service.stage(timings, "encode"):
+                    return await service.run_blocking(imaging.encode, out, fmt,
+                                                      quality or settings.default_quality,
+                                                      settings.png_compress_level, decoded.icc_profile)
 
         body, media_type = await _with_deadline(service, request, work())
         headers = {"Server-Timing": _server_timing(timings, time.perf_counter() - start)}
@@ -300,8 +339,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = _service(request)
         category = _check_category(service, category)
         timings: dict[str, float] = {}
-        _, _, result = await _with_deadline(service, request,
-                                            _curves_for(service, timings, composite, mask, category))
+        async def work():
+            async with AsyncExitStack() as stack:
+                return (await _curves_for(service, timings, composite, mask, category, stack))[2]
+
+        result = await _with_deadline(service, request, work())
         total = time.perf_counter() - start
         headers = {"Server-Timing": _server_timing(timings, total)}
         if format == "cube":
@@ -343,7 +385,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "model": service.harmonizer.info() if service.harmonizer else None,
             "ready": service.ready,
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels,
-                       "max_queue": s.max_queue, "request_timeout_s": s.request_timeout_s},
+                       "max_queue": s.max_queue, "max_inflight_pixels": s.max_inflight_pixels,
+                       "request_timeout_s": s.request_timeout_s},
             "batching": {"max_batch_size": s.max_batch_size, "max_delay_ms": s.max_delay_ms},
             "formats": {"input": [f.lower() for f in imaging.INPUT_FORMATS],
                         "output": list(imaging.OUTPUT_FORMATS)},

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, the longest wait for accepted requests
     max_upload_bytes: int = Field(64 * MIB, ge=1024)  # largest request body, counted while reading it
     max_pixels: int = Field(50_000_000, ge=1)  # largest width × height, read from the image header
+    # Most decoded pixels in flight over all requests (each reserves its width × height from the headers,
+    # before decoding; more wait, then 503). ~6 bytes a pixel: 200 MP ≈ 1.2 GB, for a 2 GB container.
+    max_inflight_pixels: int = Field(200_000_000, ge=1)
+    release_memory: bool = True  # glibc: large buffers unmapped when freed, malloc_trim after large requests
     png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
