@@ -23,6 +23,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "an API key is set and the request lacks `Authorization: Bearer <key>`"),
     "not_found": (404, "no such path"),
     "method_not_allowed": (405, "wrong HTTP method for the path"),
+    "header_timeout": (408, "the request line and headers took longer than `header_timeout_s`"),
     "upload_timeout": (408, "the upload took longer than `request_timeout_s`"),
     "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
     "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),

@@ -34,6 +34,7 @@ from .batcher import Batcher, BatcherClosed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install_error_handlers
 from .metrics import Metrics
 from .middleware import RETRY_AFTER_S, ServiceMiddleware
+from .protocol import guarded_protocol
 from .settings import Settings
 
 __all__ = ["Service", "create_app", "run"]  # and `app`, built on first access
@@ -426,7 +427,8 @@ def run(settings: Settings) -> None:
     """Serve with uvicorn until SIGTERM/SIGINT, then drain and exit."""
     application = create_app(settings)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0))
+                            timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
+                            http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
     _DrainingServer(config, application.state.service).run()
 
 

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
     max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503
     request_timeout_s: float = Field(30.0, gt=0)  # deadline once the upload is read; past it → 504
+    header_timeout_s: float = Field(10.0, gt=0)  # longest wait for a request line and headers; past it → 408
+    max_connections: int = Field(512, ge=1)  # most open connections; the next is answered 503 and closed
     drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, the longest wait for accepted requests
     max_upload_bytes: int = Field(64 * MIB, ge=1024)  # largest request body, counted while reading it
     max_pixels: int = Field(50_000_000, ge=1)  # largest width × height, read from the image header
