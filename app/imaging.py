@@ -43,8 +43,9 @@ def open_image(source: BinaryIO | bytes | str, what: str, max_pixels: int | None
     fp = BytesIO(source) if isinstance(source, bytes) else source
     try:
         image = Image.open(fp, formats=INPUT_FORMATS)
-    except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"the {what} has more than {max_pixels} pixels") from None
+    except Image.DecompressionBombError:  # Pillow's own fence: twice MAX_IMAGE_PIXELS (when we set no limit)
+        limit = max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ApiError(413, "image_too_large", f"the {what} has more than {limit} pixels") from None
     except UnidentifiedImageError:
         raise ApiError(415, "unsupported_image", f"the {what} is not an image in a supported format "
                        f"({', '.join(INPUT_FORMATS)})") from None

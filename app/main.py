@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import model
 from model import Curves, Harmonizer
 
-from . import imaging, memory
+from . import imaging, memory, startup
 from .batcher import Batcher, BatcherClosed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install_error_handlers
 from .metrics import Metrics
@@ -61,7 +61,7 @@ class Service:
 
     @property
     def model_name(self) -> str:
-        return f"s2crnet-{self.harmonizer.config.backbone}" if self.harmonizer else "s2crnet"
+        return startup.model_name(self.harmonizer)
 
     async def run_blocking(self, fn: Callable, *args):
         """Run fn(*args) in the bounded worker pool, off the event loop."""
@@ -102,7 +102,7 @@ def _start(service: Service) -> None:
     if settings.release_memory and not memory.tune_allocator():
         log.info("not glibc: the allocator is left as it is")
     torch.set_num_threads(settings.torch_threads)
-    harmonizer = Harmonizer.load(settings.weights, settings.device)
+    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device)  # run() loads first
     service.harmonizer = harmonizer
     service.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="s2crnet-work")
     metrics = service.metrics
@@ -424,8 +424,10 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run(settings: Settings) -> None:
-    """Serve with uvicorn until SIGTERM/SIGINT, then drain and exit."""
+    """Load the weights (StartupError: one line, exit 2 or 3, before anything listens), then serve with
+    uvicorn until SIGTERM/SIGINT, drain and exit."""
     application = create_app(settings)
+    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
                             http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
