@@ -15,8 +15,8 @@ from model import modes
 
 from .errors import ApiError
 
-__all__ = ["Decoded", "INPUT_FORMATS", "OUTPUT_FORMATS", "decode", "decode_opened", "encode", "open_image",
-           "output_format_for"]
+__all__ = ["Decoded", "INPUT_FORMATS", "OUTPUT_FORMATS", "acceptable_formats", "decode", "decode_opened", "encode",
+           "open_image", "output_format_for"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,36 @@ def output_format_for(requested: str | None, source: str | None, has_alpha: bool
     """The request's format, else the composite's own (when JPEG/PNG/WebP), else PNG when the image has alpha
     (a TIFF or GIF with transparency: JPEG would drop it silently), else jpeg."""
     return requested or source or ("png" if has_alpha else "jpeg")
+
+
+def acceptable_formats(accept: str | None) -> list[str] | None:
+    """Our output formats the `Accept` header allows, best first; None when it allows any image (absent,
+    `*/*`, `image/*`); [] when it allows none of them (→ 406)."""
+    if not accept or not accept.strip():
+        return None
+    ranked: dict[str, float] = {}
+    wildcard = 0.0
+    for item in accept.split(","):
+        media_type, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        media_type = media_type.lower()
+        if media_type in ("*/*", "image/*"):
+            wildcard = max(wildcard, quality)
+        for fmt, (_, ours) in OUTPUT_FORMATS.items():
+            if media_type == ours:
+                ranked[fmt] = quality
+    if wildcard > 0 and all(q > 0 for q in ranked.values()):
+        return None
+    for fmt in OUTPUT_FORMATS:
+        ranked.setdefault(fmt, wildcard)
+    return [fmt for fmt, q in sorted(ranked.items(), key=lambda item: -item[1]) if q > 0]
 
 
 def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,

@@ -259,6 +259,18 @@ def _raise_first(outcomes: list) -> None:
             raise outcome
 
 
+def _accepted_formats(request: Request, requested: str | None) -> list[str] | None:
+    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
+    none of ours, or not the `format` the form asks for."""
+    accept = request.headers.get("accept")
+    accepted = imaging.acceptable_formats(accept)
+    if accepted is not None and (not accepted or (requested and requested not in accepted)):
+        wanted = f"format={requested}, " if requested else ""
+        raise ApiError(406, "not_acceptable", f"{wanted}Accept: {accept[:200]!r} allows none of the images this "
+                       f"endpoint answers: {', '.join(media for _, media in imaging.OUTPUT_FORMATS.values())}")
+    return accepted
+
+
 def _server_timing(timings: dict[str, float], total: float) -> str:
     parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
     return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
@@ -268,7 +280,7 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 408, 413, 415, 422, 503, 504)}
+_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 415, 422, 503, 504)}
 # For the docs only: the middleware checks the key, before the body is read.
 _bearer = HTTPBearer(auto_error=False, description="Only when S2CRNET_API_KEY is set")
 CompositeFile = Annotated[UploadFile, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
@@ -310,6 +322,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         start = time.perf_counter()
         service = _service(request)
         category = _check_category(service, category)
+        accepted = _accepted_formats(request, format)
         timings: dict[str, float] = {}
 
         async def work():
@@ -320,6 +333,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image,
                                                      curves)
                 fmt = imaging.output_format_for(format, decoded.format, out.mode == "RGBA")
+                if accepted is not None and fmt not in accepted:  # the client's Accept beats our default
+                    fmt = accepted[0]
                 with service.stage(timings, "encode"):
                     return await service.run_blocking(imaging.encode, out, fmt,
                                                       quality or settings.default_quality,
@@ -355,12 +370,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({**result.to_dict(), "model": service.model_name,
                              "category": category or "unknown", "timings_ms": timings_ms}, headers=headers)
 
-    @app.get("/healthz")
+    # HEAD too: load balancers and `curl -I` probe with it (uvicorn sends the headers, not the body).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         """200 while the process serves."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": ErrorBody}})
     async def readyz(request: Request):
         """200 once the model is loaded and warmed up; 503 before that and while draining."""
         service = _service(request)

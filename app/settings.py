@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value):
         return None if value in ("", None) else value
 
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # HTTP header values arrive as Latin-1 bytes, and clients send non-ASCII text in whatever encoding they
+        # like: a key with such characters could never be matched reliably, so it is refused at start-up.
+        if value is not None and not all(33 <= ord(c) <= 126 for c in value.get_secret_value()):
+            raise ValueError("the API key must be printable ASCII without spaces (HTTP headers are Latin-1, so "
+                             "other characters never match reliably)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_case_level(cls, value):
