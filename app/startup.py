@@ -34,7 +34,7 @@ def settings_from(**overrides):
             name = ".".join(str(part) for part in error["loc"])
             given = error.get("input")
             shown = "" if name == "api_key" or isinstance(given, dict) else f"={given}"
-            problems.append(f"S2CRNET_{name.upper()}{shown}: {error['msg'].removeprefix('Value error, ')}")
+            problems.append(f"S2CRNET_{name.upper()}{shown} ({name}): {error['msg'].removeprefix('Value error, ')}")
         raise StartupError("invalid setting " + "; ".join(problems), BAD_CONFIG) from None
 
 

@@ -2,6 +2,7 @@
 
     nice -n 15 .venv/bin/python bench/memory.py                       # 16 × 12 MP × 3 rounds per configuration
     nice -n 15 .venv/bin/python bench/memory.py --side 7000 --rounds 5 # the 49 MP burst (slow)
+    nice -n 15 .venv/bin/python bench/memory.py --side 7000 --only budget+release --timeout 30  # with 503s
 
 Each configuration runs its own server (127.0.0.1) through tests/test_reliability_memory.py's run_bursts:
 `concurrency` simultaneous POST /harmonize of one real photo, `rounds` times; it prints idle, peak and settled
@@ -39,12 +40,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=200_000_000, help="max_inflight_pixels (default 200 MP)")
     parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="S2CRNET_REQUEST_TIMEOUT_S (default 600: every request waits its turn; the service's "
+                             "default 30 gives 503s past 15 s of waiting)")
     args = parser.parse_args()
     rows = []
     for name, env in configurations(args.budget).items():
         if args.only and name not in args.only:
             continue
-        env = {**env, "S2CRNET_REQUEST_TIMEOUT_S": "600"}
+        env = {**env, "S2CRNET_REQUEST_TIMEOUT_S": str(args.timeout)}
         figures = run_bursts(env, args.side, args.concurrency, args.rounds)
         rows.append((name, figures))
         sys.stdout.write(f"{name}: {figures}\n")
