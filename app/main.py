@@ -265,9 +265,11 @@ def _accepted_formats(request: Request, requested: str | None) -> list[str] | No
     accept = request.headers.get("accept")
     accepted = imaging.acceptable_formats(accept)
     if accepted is not None and (not accepted or (requested and requested not in accepted)):
-        wanted = f"format={requested}, " if requested else ""
-        raise ApiError(406, "not_acceptable", f"{wanted}Accept: {accept[:200]!r} allows none of the images this "
-                       f"endpoint answers: {', '.join(media for _, media in imaging.OUTPUT_FORMATS.values())}")
+        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
+        if accepted:
+            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
+        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
+                       f"answers: {ours}")
     return accepted
 
 
