@@ -1,4 +1,5 @@
-"""Bytes ↔ images: format whitelist, pixel limit before decoding, EXIF orientation, modes, encoding.
+"""Bytes ↔ images for the service and the CLI alike: format whitelist, pixel limit before decoding, data that
+ends early refused, EXIF orientation, modes (model/modes.py, which the Python API uses too), encoding.
 
 Images stay 8-bit Pillow images end to end; nothing here makes a float copy of a full-size image.
 """
