@@ -1,17 +1,17 @@
-"""`python -m app`: serve with the settings from S2CRNET_* variables (what `s2crnet serve` does)."""
+"""`python -m app`: serve with the settings from S2CRNET_* variables (what `s2crnet serve` does).
+
+A bad setting exits 2 and weights that cannot be loaded exit 3, each with one line on stderr (app/startup.py).
+"""
 
 import sys
 
-from pydantic import ValidationError
-
-from .settings import Settings
+from .startup import StartupError, settings_from
 
 try:
-    settings = Settings()  # before importing torch: bad settings fail in a fraction of a second
-except ValidationError as e:
-    sys.stderr.write(f"invalid S2CRNET_* settings:\n{e}\n")
-    sys.exit(2)
+    settings = settings_from()  # before importing torch: bad settings fail in a fraction of a second
+    from .main import run
 
-from .main import run  # noqa: E402
-
-run(settings)
+    run(settings)
+except StartupError as e:
+    sys.stderr.write(f"s2crnet: error: {e}\n")
+    sys.exit(e.exit_code)

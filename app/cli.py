@@ -31,8 +31,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
+
+from app.startup import model_name
 
 if TYPE_CHECKING:
     import torch
@@ -64,14 +66,6 @@ class CliError(Exception):
 
 
 # --- images in and out --------------------------------------------------------------------------------------
-
-def open_upright(path: Path) -> Image.Image:
-    """Decode an image file fully, with its EXIF orientation applied (in place: no extra full-size copy)."""
-    with Image.open(path) as image:
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-    return image
-
 
 def output_format(path: Path) -> str:
     try:
@@ -130,11 +124,22 @@ class Prepared:
 
 
 def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
-    """Decode a composite and its mask upright; also returns the composite's ICC profile worth keeping."""
-    image = open_upright(composite)
-    # An ICC profile describes the file's own colour space: it stays valid only while the pixels stay RGB.
-    icc_profile = image.info.get("icc_profile") if image.mode in ("RGB", "RGBA") else None
-    return image, open_upright(mask), icc_profile
+    """Decode a composite and its mask through the service's own decoder (app/imaging.py: EXIF orientation,
+    16-bit and float samples scaled, truncated data refused); also returns the ICC profile worth keeping."""
+    decoded = _decode(composite, "composite", True)
+    return decoded.image, _decode(mask, "mask", False).image, decoded.icc_profile
+
+
+def _decode(path: Path, what: str, composite: bool):
+    from app import imaging  # imports the model package (torch): only for the commands that decode
+    from app.errors import ApiError
+
+    try:
+        return imaging.decode(str(path), what, None, composite)  # no pixel limit: the user's own files
+    except ApiError as e:
+        if e.code == "unsupported_image":
+            raise CliError(f"cannot identify image file {str(path)!r}: {e.detail}") from None
+        raise CliError(f"{path}: {e.detail}") from None
 
 
 def load_job(harmonizer, job: Job) -> Prepared:
@@ -387,10 +392,10 @@ def load_layer_job(harmonizer, job: LayerJob, feather: float = 0.0, foreground_m
     from model.layers import compose
 
     start = time.perf_counter()
-    foreground, background = open_upright(job.foreground), open_upright(job.background)
-    matte = open_upright(foreground_mask) if foreground_mask is not None else None
-    # The output is the background's: its ICC profile stays valid while its pixels stay RGB.
-    icc_profile = background.info.get("icc_profile") if background.mode in ("RGB", "RGBA") else None
+    decoded = _decode(job.background, "background", True)  # the output is the background's, ICC profile too
+    background, icc_profile = decoded.image, decoded.icc_profile
+    foreground = _decode(job.foreground, "foreground", True).image
+    matte = _decode(foreground_mask, "foreground_mask", False).image if foreground_mask is not None else None
     layered = compose(foreground, background, None if box is not None else job.at, job.scale, box, feather, matte,
                       copy=False)
     image, mask, thumbs = harmonizer.prepare(layered.composite, layered.mask)
@@ -490,9 +495,12 @@ class Report:
 # --- subcommands --------------------------------------------------------------------------------------------
 
 def _load_harmonizer(args: argparse.Namespace):
-    from model import Harmonizer  # torch is imported only by the commands that need the model
+    from app.startup import StartupError, load_harmonizer  # torch only for the commands that need the model
 
-    return Harmonizer.load(args.weights, args.device)
+    try:
+        return load_harmonizer(args.weights, args.device, weights_name="--weights")
+    except StartupError as e:  # a command's error like any other (exit 1); `serve` keeps the 2 and 3
+        raise CliError(str(e).replace("S2CRNET_DEVICE=", "--device ")) from None
 
 
 def _check_category(harmonizer, category: str | None) -> None:
@@ -542,7 +550,7 @@ def _write_curves(args: argparse.Namespace, harmonizer, curves, name: str) -> No
     if args.curves:
         info = harmonizer.info()
         document = {**curves.to_dict(), "mismatch": curves.mismatch, "strength": curves.strength,
-                    "model": info["backbone"], "weights_sha256": info["sha256"]}
+                    "model": model_name(harmonizer), "weights_sha256": info["sha256"]}
         Path(args.curves).write_text(json.dumps(document) + "\n")
     if args.cube:
         Path(args.cube).write_text(curves.to_cube(f"S2CRNet {name}"))
@@ -679,18 +687,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from app.startup import settings_from
 
-    from app.main import run  # FastAPI and uvicorn are imported only to serve
-    from app.settings import Settings
+    # Flags given on the command line beat S2CRNET_* variables, which beat the defaults. A bad value is a
+    # StartupError: one line and exit 2 (3 for weights that cannot be loaded), as with `python -m app`.
+    settings = settings_from(**{name: getattr(args, name) for name in ("host", "port", "weights", "device")})
+    from app.main import run  # FastAPI, uvicorn and torch are imported only to serve
 
-    flags = {name: getattr(args, name) for name in ("host", "port", "weights", "device")}
-    try:
-        # Flags given on the command line beat S2CRNET_* variables, which beat the defaults.
-        settings = Settings(**{name: value for name, value in flags.items() if value is not None})
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors())
-        raise CliError(f"invalid settings: {problems}") from e
     run(settings)
     return 0
 
@@ -861,15 +864,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning ("Corrupt EXIF data", ...) as one line of ours, not Python's two with a source path."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"s2crnet: warning: {text}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The user's own files: Pillow's warning for images over ~89 MP is noise here (over 179 MP still fails).
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    warnings.showwarning = _one_line_warning
     quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
     logging.basicConfig(level=logging.WARNING if quiet_by_default and not args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.startup import StartupError
+
     try:
         return args.handler(args)
+    except StartupError as e:  # `serve`: bad configuration (2) or weights (3), one line like any error
+        sys.stderr.write(f"s2crnet: error: {e}\n")
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("s2crnet: interrupted\n")
         return 130

@@ -18,26 +18,29 @@ log = logging.getLogger(__name__)
 
 # code → (status, when): the README's error table is checked against this.
 ERROR_CODES: dict[str, tuple[int, str]] = {
-    "bad_request": (400, "the body is not valid multipart/form-data"),
+    "bad_request": (400, "the body is not valid multipart/form-data (JSON, text, a raw image, urlencoded, ...)"),
     "corrupt_image": (400, "the composite or mask is truncated or corrupt"),
     "unauthorized": (401, "an API key is set and the request lacks `Authorization: Bearer <key>`"),
     "not_found": (404, "no such path"),
     "method_not_allowed": (405, "wrong HTTP method for the path"),
+    "not_acceptable": (406, "the `Accept` header allows none of image/jpeg, image/png, image/webp (or not `format`)"),
+    "header_timeout": (408, "the request line and headers took longer than `header_timeout_s`"),
     "upload_timeout": (408, "the upload took longer than `request_timeout_s`"),
     "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
     "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),
     "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF"),
     "missing_field": (422, "a required form part is missing (`composite` + `mask`, or `foreground` + `background`)"),
     "invalid_field": (422, "a form field has a bad value (`format`, `quality`, `strength`, `output`, a file sent as "
-                      "text, ...)"),
+                      "text, a form field sent in the query string, ...)"),
     "mixed_inputs": (422, "parts of both forms were sent: `composite`/`mask` and `foreground`/`background`/placement"),
     "invalid_placement": (422, "`x`, `y`, `scale`, `box` or `feather` cannot work: the foreground lands outside "
                           "the background, `scale` ≤ 0, over `max_pixels` once scaled, `box` with x1 ≤ x0, ..."),
     "invalid_foreground": (422, "the foreground's matte is fully transparent, or `foreground_mask` differs in size"),
     "unknown_category": (422, "`category` is not one the model knows (see GET /info)"),
     "mask_size_mismatch": (422, "the mask's size differs from the composite's (after EXIF orientation)"),
-    "invalid_mask": (422, "the mask selects nothing, or everything (no background)"),
-    "overloaded": (503, "the queue is full (`max_queue` requests in flight); retry after `Retry-After` s"),
+    "invalid_mask": (422, "the mask selects nothing, or everything (no background), or its largest value is 1"),
+    "overloaded": (503, "`max_queue` requests or `max_connections` connections are open, or the memory budget "
+                   "(`max_inflight_pixels`) stayed spent; retry after `Retry-After` s"),
     "shutting_down": (503, "the server is draining before exit; retry on another replica"),
     "not_ready": (503, "the model is not loaded and warmed up yet"),
     "timeout": (504, "the request took longer than `request_timeout_s`"),
@@ -67,7 +70,7 @@ def error_response(status: int, code: str, detail: str, headers: dict | None = N
 
 def _code_for_status(status: int) -> str:
     known = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-             413: "payload_too_large", 504: "timeout"}
+             406: "not_acceptable", 413: "payload_too_large", 504: "timeout"}
     return known.get(status, "bad_request" if status < 500 else "internal_error")
 
 
@@ -90,6 +93,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         missing = missing or error.get("type") == "missing"
         problems.append(f"{field or 'body'}: {error.get('msg', 'invalid')}")
     detail = "; ".join(problems) or "the request is invalid"
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if missing and media_type != "multipart/form-data" and all(e.get("type") == "missing" for e in exc.errors()):
+        # Nothing was found because the body is not a form at all (JSON, text, a raw image, urlencoded without
+        # our fields): that is a malformed request, not a form with a part left out.
+        return error_response(400, "bad_request", f"the body is {media_type or 'without a Content-Type'}; send "
+                              "multipart/form-data with file parts `composite` and `mask` (curl -F)")
     return error_response(422, "missing_field" if missing else "invalid_field", detail)
 
 

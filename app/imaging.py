@@ -1,4 +1,5 @@
-"""Bytes ↔ images: format whitelist, pixel limit before decoding, EXIF orientation, modes, encoding.
+"""Bytes ↔ images for the service and the CLI alike: format whitelist, pixel limit before decoding, data that
+ends early refused, EXIF orientation, modes (model/modes.py, which the Python API uses too), encoding.
 
 Images stay 8-bit Pillow images end to end; nothing here makes a float copy of a full-size image.
 """
@@ -8,19 +9,25 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from model import modes
 
 from .errors import ApiError
 
-__all__ = ["Decoded", "INPUT_FORMATS", "OUTPUT_FORMATS", "decode", "encode", "output_format_for"]
+__all__ = ["Decoded", "INPUT_FORMATS", "OUTPUT_FORMATS", "acceptable_formats", "decode", "decode_opened", "encode",
+           "open_image", "output_format_for"]
 
 log = logging.getLogger(__name__)
+
+# Data that ends early is an error, never an image padded with grey (Pillow's default; said here so that no
+# import elsewhere can have flipped it).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")  # what pipelines send; anything else → 415
 # request name → (Pillow format, media type)
 OUTPUT_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _MAX_SIDE = {"jpeg": 65535, "webp": 16383}  # the formats' own limits (PNG's, 2^31, is past max_pixels)
 
 
@@ -31,61 +38,98 @@ class Decoded:
     icc_profile: bytes | None  # kept only when it describes RGB data (a CMYK or grey profile would lie)
 
 
-def decode(source: BinaryIO | bytes, what: str, max_pixels: int, composite: bool) -> Decoded:
-    """Decode one uploaded image. `what` names it in errors ("composite", "mask").
+def open_image(source: BinaryIO | bytes | str, what: str, max_pixels: int | None) -> Image.Image:
+    """Read one image's header (no pixels yet): format whitelist and pixel limit. `what` names it in errors
+    ("composite", "mask"); max_pixels None = no limit of ours (the CLI: the user's own files)."""
+    fp = BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        image = Image.open(fp, formats=INPUT_FORMATS)
+    except Image.DecompressionBombError:  # Pillow's own fence: twice MAX_IMAGE_PIXELS (when we set no limit)
+        limit = max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ApiError(413, "image_too_large", f"the {what} has more than {limit} pixels") from None
+    except UnidentifiedImageError:
+        raise ApiError(415, "unsupported_image", f"the {what} is not an image in a supported format "
+                       f"({', '.join(INPUT_FORMATS)})") from None
+    except OSError as e:
+        if isinstance(source, str) and e.errno is not None:  # the CLI's file could not be read at all
+            raise
+        log.info("cannot open the %s: %r", what, e)
+        raise ApiError(400, "corrupt_image", f"the {what} has a corrupt header") from None
+    except Exception as e:  # Pillow raises many types on hostile headers: all mean "cannot read this"
+        log.info("cannot open the %s: %r", what, e)
+        raise ApiError(400, "corrupt_image", f"the {what} has a corrupt header") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ApiError(413, "image_too_large", f"the {what} is {width}×{height} = {width * height} pixels, "
+                       f"over the limit of {max_pixels}")
+    if width == 0 or height == 0:
+        raise ApiError(400, "corrupt_image", f"the {what} is empty ({width}×{height})")
+    return image
+
+
+def decode_opened(image: Image.Image, what: str, composite: bool) -> Decoded:
+    """Decode the pixels of an image from open_image: EXIF orientation applied, mode normalised."""
+    source_format = image.format.lower() if image.format and image.format.lower() in OUTPUT_FORMATS else None
+    icc = image.info.get("icc_profile")
+    if image.format == "JPEG":
+        _check_jpeg_data(image, what)
+    try:
+        image.load()
+    except Image.DecompressionBombError:
+        raise ApiError(413, "image_too_large", f"the {what} has more than {Image.MAX_IMAGE_PIXELS} pixels") \
+            from None
+    except Exception as e:  # LOAD_TRUNCATED_IMAGES is off: data that ends early raises here
+        log.info("cannot decode the %s: %r", what, e)
+        raise ApiError(400, "corrupt_image", f"the {what} is truncated or corrupt") from None
+    _apply_exif_orientation(image, what)
+    image = _normalise_mode(image, what, composite)
+    keep_icc = composite and isinstance(icc, bytes) and icc[16:20] == b"RGB "  # ICC header: data colour space
+    return Decoded(image, source_format, icc if keep_icc else None)
+
+
+def decode(source: BinaryIO | bytes | str, what: str, max_pixels: int | None, composite: bool) -> Decoded:
+    """Decode one uploaded image (or a file path, for the CLI): open_image, then decode_opened.
 
     The pixel limit is checked from the header, before any pixel is decoded; Pillow's own decompression-bomb
     check (Image.MAX_IMAGE_PIXELS, set by the app) is a second fence. Only the first frame of an animation or
     a multi-page file is used.
     """
-    fp = BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        image = Image.open(fp, formats=INPUT_FORMATS)
-    except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"the {what} has more than {max_pixels} pixels") from None
-    except UnidentifiedImageError:
-        raise ApiError(415, "unsupported_image", f"the {what} is not an image in a supported format "
-                       f"({', '.join(INPUT_FORMATS)})") from None
-    except Exception as e:  # Pillow raises many types on hostile headers: all mean "cannot read this"
-        log.info("cannot open the %s: %r", what, e)
-        raise ApiError(400, "corrupt_image", f"the {what} has a corrupt header") from None
-
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ApiError(413, "image_too_large", f"the {what} is {width}×{height} = {width * height} pixels, "
-                       f"over the limit of {max_pixels}")
-    if width == 0 or height == 0:
-        raise ApiError(400, "corrupt_image", f"the {what} is empty ({width}×{height})")
-    source_format = image.format.lower() if image.format and image.format.lower() in OUTPUT_FORMATS else None
-    icc = image.info.get("icc_profile")
-    try:
-        image.load()
-    except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"the {what} has more than {max_pixels} pixels") from None
-    except Exception as e:
-        log.info("cannot decode the %s: %r", what, e)
-        raise ApiError(400, "corrupt_image", f"the {what} is truncated or corrupt") from None
-    _apply_exif_orientation(image, what)
-    image = _normalise_mode(image, composite)
-    keep_icc = composite and isinstance(icc, bytes) and icc[16:20] == b"RGB "  # ICC header: data colour space
-    return Decoded(image, source_format, icc if keep_icc else None)
+    return decode_opened(open_image(source, what, max_pixels), what, composite)
 
 
-def _normalise_mode(image: Image.Image, composite: bool) -> Image.Image:
-    """Composite → RGB or RGBA; mask → L (or a mode with alpha, which the model reads as the mask)."""
-    if image.mode in _SIXTEEN_BIT:  # keep the high byte: the 16-bit range maps onto 0-255
-        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
-    elif image.mode in ("I", "F"):  # 32-bit integer/float samples: read as 8-bit levels, clipped
-        image = image.convert("L")
-    if not composite:
-        return image if image.mode in ("L", "RGB", "RGBA", "LA", "PA", "P", "1") else image.convert("RGB")
-    if image.mode in ("RGB", "RGBA"):
-        return image
-    has_alpha = "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info
+def _check_jpeg_data(image: Image.Image, what: str) -> None:
+    """A JPEG whose scan data ends before its declared size (an EOI marker after 64×48 pixels of data under a
+    7000×7000 header) decodes without an error in Pillow: libjpeg fills the rest grey and only warns. So the
+    entropy-coded data is read once at 1/8 scale by libjpeg-turbo with warnings as errors: about a quarter of
+    a full decode's time and 1/64 of its memory, before the full-size image is allocated."""
+    fp = image.fp
+    position = fp.tell()
+    fp.seek(0)
+    data = fp.read()
+    fp.seek(position)
     try:
-        return image.convert("RGBA" if has_alpha else "RGB")
-    except ValueError:
-        raise ApiError(415, "unsupported_image", f"images in mode {image.mode} are not supported") from None
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, strict=True)
+    except ValueError as e:
+        # Only data that ends early is refused: cameras write files with harmless warnings ("extraneous
+        # bytes before marker 0xd9") that every viewer shows.
+        if "premature end" in str(e).lower():
+            raise ApiError(400, "corrupt_image", f"the {what} is truncated: its data ends before the "
+                           f"{image.width}×{image.height} pixels its header declares") from None
+        log.info("the %s's JPEG data has a recoverable problem: %s", what, e)
+    except Exception as e:  # a JPEG variant libjpeg-turbo's API refuses (a 12-bit one): Pillow decides
+        log.info("cannot check the %s's JPEG data: %r", what, e)
+
+
+def _normalise_mode(image: Image.Image, what: str, composite: bool) -> Image.Image:
+    """Composite → RGB or RGBA; mask → 8-bit (L, or a mode with alpha, which the model reads as the mask).
+    16-bit and float samples are scaled onto 0–255 by the model's own rule (model/modes.py)."""
+    try:
+        if composite:
+            return modes.composite_rgb(image)
+        image = modes.eight_bit(image)
+    except ValueError as e:
+        raise ApiError(415, "unsupported_image", f"the {what}: {e}") from None
+    return image if image.mode in ("L", "RGB", "RGBA", "LA", "PA", "P", "1") else image.convert("RGB")
 
 
 def _apply_exif_orientation(image: Image.Image, what: str) -> None:
@@ -96,9 +140,40 @@ def _apply_exif_orientation(image: Image.Image, what: str) -> None:
         log.info("ignoring the %s's unreadable EXIF orientation: %r", what, e)
 
 
-def output_format_for(requested: str | None, source: str | None) -> str:
-    """The request's format, else the composite's own (when JPEG/PNG/WebP), else jpeg."""
-    return requested or source or "jpeg"
+def output_format_for(requested: str | None, source: str | None, has_alpha: bool = False) -> str:
+    """The request's format, else the composite's own (when JPEG/PNG/WebP), else PNG when the image has alpha
+    (a TIFF or GIF with transparency: JPEG would drop it silently), else jpeg."""
+    return requested or source or ("png" if has_alpha else "jpeg")
+
+
+def acceptable_formats(accept: str | None) -> list[str] | None:
+    """Our output formats the `Accept` header allows, best first; None when it allows any image (absent,
+    `*/*`, `image/*`); [] when it allows none of them (→ 406)."""
+    if not accept or not accept.strip():
+        return None
+    ranked: dict[str, float] = {}
+    wildcard = 0.0
+    for item in accept.split(","):
+        media_type, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        media_type = media_type.lower()
+        if media_type in ("*/*", "image/*"):
+            wildcard = max(wildcard, quality)
+        for fmt, (_, ours) in OUTPUT_FORMATS.items():
+            if media_type == ours:
+                ranked[fmt] = quality
+    if wildcard > 0 and all(q > 0 for q in ranked.values()):
+        return None
+    for fmt in OUTPUT_FORMATS:
+        ranked.setdefault(fmt, wildcard)
+    return [fmt for fmt, q in sorted(ranked.items(), key=lambda item: -item[1]) if q > 0]
 
 
 def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -30,17 +30,20 @@ import model
 from model import Curves, Harmonizer
 from model.layers import Layered, LayerError, compose, cut_layer
 
-from . import forms, imaging
+from . import forms, imaging, memory, startup
 from .batcher import Batcher, BatcherClosed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install_error_handlers
 from .forms import InputForm, layer_api_error, read_form
 from .metrics import Metrics
 from .middleware import RETRY_AFTER_S, ServiceMiddleware
+from .protocol import guarded_protocol
 from .settings import Settings
 
 __all__ = ["Service", "create_app", "run"]  # and `app`, built on first access
 
 log = logging.getLogger(__name__)
+
+TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed memory back (malloc_trim) after it
 
 
 @dataclass
@@ -54,12 +57,13 @@ class Service:
     pool: ThreadPoolExecutor | None = None
     ready: bool = False  # the model is loaded and warmed up
     draining: bool = False  # SIGTERM seen: refuse new work, finish accepted work
+    budget: memory.PixelBudget | None = None  # decoded pixels in flight (max_inflight_pixels)
     in_flight: int = 0  # /harmonize and /curves requests admitted and not yet answered
     preparing: int = 0  # of those, the ones decoding or thumbnailing: they will join the batcher soon
 
     @property
     def model_name(self) -> str:
-        return f"s2crnet-{self.harmonizer.config.backbone}" if self.harmonizer else "s2crnet"
+        return startup.model_name(self.harmonizer)
 
     async def run_blocking(self, fn: Callable, *args):
         """Run fn(*args) in the bounded worker pool, off the event loop."""
@@ -97,8 +101,10 @@ def _start(service: Service) -> None:
     """Load the weights, warm up (a forward pass at batch 1 and at full batch, a render), then go ready."""
     settings = service.settings
     Image.MAX_IMAGE_PIXELS = settings.max_pixels  # Pillow's own bomb check: a second fence behind ours
+    if settings.release_memory and not memory.tune_allocator():
+        log.info("not glibc: the allocator is left as it is")
     torch.set_num_threads(settings.torch_threads)
-    harmonizer = Harmonizer.load(settings.weights, settings.device)
+    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device)  # run() loads first
     service.harmonizer = harmonizer
     service.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="s2crnet-work")
     metrics = service.metrics
@@ -186,9 +192,44 @@ async def _with_deadline(service: Service, request: Request, work) -> object:
     raise ApiError(504, "timeout", f"the request took longer than {service.settings.request_timeout_s} s")
 
 
-async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]]) -> list[imaging.Decoded]:
-    """Decode every (file, name, is_colour_image) at once (Pillow decodes without holding the GIL); when several
-    are bad, the first one's error, every time."""
+@asynccontextmanager
+async def _reserved(service: Service, pixels: int):
+    """Hold `pixels` of the in-flight budget (see app/memory.py) for the block; 503 + Retry-After when they do
+    not come free within half the request's deadline, so that the work keeps the other half."""
+    wait_s = service.settings.request_timeout_s / 2
+    try:
+        held = await service.budget.acquire(pixels, wait_s)
+    except TimeoutError:
+        raise ApiError(503, "overloaded", f"the server's memory budget ({service.settings.max_inflight_pixels} "
+                       f"decoded pixels in flight) stayed spent for {wait_s:g} s; retry later",
+                       {"Retry-After": RETRY_AFTER_S}) from None
+    try:
+        yield
+    finally:
+        service.budget.release(held)
+        if held >= TRIM_AFTER_PIXELS and service.settings.release_memory:
+            with suppress(RuntimeError):  # the pool is already shut down: the process is exiting anyway
+                service.pool.submit(memory.trim)  # off the event loop; a few ms
+
+
+async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
+                        stack: AsyncExitStack) -> list[imaging.Decoded]:
+    """Read every (file, name, is_colour_image)'s header, reserve the memory their pixels will need (held until
+    `stack` closes), then decode them all at once (Pillow decodes without holding the GIL). When several are
+    bad, the first one's error, every time."""
+    max_pixels = service.settings.max_pixels
+    opened = await asyncio.gather(*(service.run_blocking(imaging.open_image, part.file, name, max_pixels)
+                                    for part, name, _ in parts), return_exceptions=True)
+    _raise_first(opened)
+    # From the headers, before a pixel is decoded: the colour images together, or the largest part if more.
+    sizes = [image.width * image.height for image in opened]
+    colour = sum(size for size, (_, _, is_colour) in zip(sizes, parts, strict=True) if is_colour)
+    await stack.enter_async_context(_reserved(service, max(colour, *sizes)))
+    decoded = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, image, name, is_colour)
+                                     for image, (_, name, is_colour) in zip(opened, parts, strict=True)),
+                                   return_exceptions=True)
+    _raise_first(decoded)
+    return decoded
     max_pixels = service.settings.max_pixels
     outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode, part.file, name, max_pixels, colour)
                                       for part, name, colour in parts), return_exceptions=True)
@@ -198,11 +239,12 @@ async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, boo
     return outcomes
 
 
-async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile):
+async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
+                             stack: AsyncExitStack):
     """composite + mask → (decoded composite, mask image, thumbnails)."""
     with service.stage(timings, "decode"):
         decoded_composite, decoded_mask = await _decode_parts(service, [(composite, "composite", True),
-                                                                        (mask, "mask", False)])
+                                                                        (mask, "mask", False)], stack)
     width, height = decoded_composite.image.size
     service.metrics.megapixels.observe(width * height / 1e6)
     with service.stage(timings, "thumbnail"):
@@ -222,13 +264,13 @@ def _compose(service: Service, form: InputForm, foreground: imaging.Decoded, for
         raise layer_api_error(e) from None
 
 
-async def _prepare_layer(service: Service, timings: dict, form: InputForm):
+async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
     """foreground (+ foreground_mask) + background + placement → (decoded background, mask, thumbnails, layered)."""
     parts = [(form.foreground, "foreground", True), (form.background, "background", True)]
     if form.foreground_mask is not None:
         parts.append((form.foreground_mask, "foreground_mask", False))
     with service.stage(timings, "decode"):
-        foreground, background, *rest = await _decode_parts(service, parts)
+        foreground, background, *rest = await _decode_parts(service, parts, stack)
     width, height = background.image.size
     service.metrics.megapixels.observe(width * height / 1e6)
     with service.stage(timings, "compose"):
@@ -244,16 +286,18 @@ async def _prepare_layer(service: Service, timings: dict, form: InputForm):
 
 
 async def _curves_for(service: Service, timings: dict, form: InputForm, category: str | None,
-                      strength: float | None):
-    """Decode (and compose), thumbnail, batch → (decoded composite or background, mask image, curves at the
-    request's strength, the Layered for layer input or None)."""
+                      strength: float | None, stack: AsyncExitStack):
+    """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
+    (decoded composite or background, mask image, curves at the request's strength, the Layered for layer input
+    or None)."""
     service.preparing += 1
     layered = None
     try:
         if form.layer:
-            decoded, mask_image, thumbs, layered = await _prepare_layer(service, timings, form)
+            decoded, mask_image, thumbs, layered = await _prepare_layer(service, timings, form, stack)
         else:
-            decoded, mask_image, thumbs = await _prepare_composite(service, timings, form.composite, form.mask)
+            decoded, mask_image, thumbs = await _prepare_composite(service, timings, form.composite, form.mask,
+                                                                   stack)
         job = service.batcher.submit(thumbs, category)
     except QueueFull:
         raise ApiError(503, "overloaded", "the inference queue is full; retry later",
@@ -272,6 +316,26 @@ async def _curves_for(service: Service, timings: dict, form: InputForm, category
     return decoded, mask_image, curves.with_strength(strength), layered
 
 
+def _raise_first(outcomes: list) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _accepted_formats(request: Request, requested: str | None) -> list[str] | None:
+    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
+    none of ours, or not the `format` the form asks for."""
+    accept = request.headers.get("accept")
+    accepted = imaging.acceptable_formats(accept)
+    if accepted is not None and (not accepted or (requested and requested not in accepted)):
+        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
+        if accepted:
+            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
+        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
+                       f"answers: {ours}")
+    return accepted
+
+
 def _server_timing(timings: dict[str, float], total: float) -> str:
     parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
     return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
@@ -281,7 +345,7 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 408, 413, 415, 422, 503, 504)}
+_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 415, 422, 503, 504)}
 # For the docs only: the middleware checks the key, before the body is read.
 _bearer = HTTPBearer(auto_error=False, description="Only when S2CRNET_API_KEY is set")
 # composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
@@ -293,7 +357,7 @@ MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    service = Service(settings)
+    service = Service(settings, budget=memory.PixelBudget(settings.max_inflight_pixels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -337,23 +401,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if output == "layer" and format == "jpeg":
             raise ApiError(422, "invalid_field", "format: a layer keeps its alpha; ask for png or webp")
         category = _check_category(service, category)
+        accepted = _accepted_formats(request, format)
         timings: dict[str, float] = {}
         mismatch: dict[str, float] = {}
 
         async def work():
-            decoded, mask_image, curves, layered = await _curves_for(service, timings, form, category, strength)
-            mismatch.update(curves.mismatch)
-            with service.stage(timings, "render"):
-                if output == "layer":  # only the foreground's pixels: the flattened image is never rendered
-                    out = await service.run_blocking(cut_layer, layered, curves.lut())
+            async with AsyncExitStack() as stack:
+                decoded, mask_image, curves, layered = await _curves_for(service, timings, form, category,
+                                                                         strength, stack)
+                mismatch.update(curves.mismatch)
+                with service.stage(timings, "render"):
+                    if output == "layer":  # only the foreground's pixels: the flattened image is never rendered
+                        out = await service.run_blocking(cut_layer, layered, curves.lut())
+                    else:
+                        out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image,
+                                                         curves)
+                if output == "layer":
+                    fmt = format or "png"
                 else:
-                    out = await service.run_blocking(service.harmonizer.render, decoded.image, mask_image,
-                                                     curves)
-            fmt = (format or "png") if output == "layer" else imaging.output_format_for(format, decoded.format)
-            with service.stage(timings, "encode"):
-                return await service.run_blocking(imaging.encode, out, fmt,
-                                                  quality or settings.default_quality,
-                                                  settings.png_compress_level, decoded.icc_profile)
+                    fmt = imaging.output_format_for(format, decoded.format, out.mode == "RGBA")
+                if accepted is not None and fmt not in accepted:  # the client's Accept beats our default
+                    keeps_alpha = [f for f in accepted if f != "jpeg"] if output == "layer" else accepted
+                    if not keeps_alpha:
+                        raise ApiError(406, "not_acceptable", "output=layer is RGBA: Accept must allow png or webp")
+                    fmt = keeps_alpha[0]
+                with service.stage(timings, "encode"):
+                    return await service.run_blocking(imaging.encode, out, fmt,
+                                                      quality or settings.default_quality,
+                                                      settings.png_compress_level, decoded.icc_profile)
 
         body, media_type = await _with_deadline(service, request, work())
         headers = {"Server-Timing": _server_timing(timings, time.perf_counter() - start),
@@ -377,8 +452,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather)
         category = _check_category(service, category)
         timings: dict[str, float] = {}
-        _, _, result, _ = await _with_deadline(service, request,
-                                               _curves_for(service, timings, form, category, strength))
+        async def work():
+            async with AsyncExitStack() as stack:
+                return (await _curves_for(service, timings, form, category, strength, stack))[2]
+
+        result = await _with_deadline(service, request, work())
         total = time.perf_counter() - start
         mismatch = {name: round(value, 4) for name, value in result.mismatch.items()}
         headers = {"Server-Timing": _server_timing(timings, total), MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
@@ -391,12 +469,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              "model": service.model_name, "category": category or "unknown",
                              "timings_ms": timings_ms}, headers=headers)
 
-    @app.get("/healthz")
+    # HEAD too: load balancers and `curl -I` probe with it (uvicorn sends the headers, not the body).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         """200 while the process serves."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": ErrorBody}})
     async def readyz(request: Request):
         """200 once the model is loaded and warmed up; 503 before that and while draining."""
         service = _service(request)
@@ -422,7 +501,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "model": service.harmonizer.info() if service.harmonizer else None,
             "ready": service.ready,
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels,
-                       "max_queue": s.max_queue, "request_timeout_s": s.request_timeout_s},
+                       "max_queue": s.max_queue, "max_inflight_pixels": s.max_inflight_pixels,
+                       "request_timeout_s": s.request_timeout_s},
             "batching": {"max_batch_size": s.max_batch_size, "max_delay_ms": s.max_delay_ms},
             "formats": {"input": [f.lower() for f in imaging.INPUT_FORMATS],
                         "output": list(imaging.OUTPUT_FORMATS)},
@@ -459,10 +539,13 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run(settings: Settings) -> None:
-    """Serve with uvicorn until SIGTERM/SIGINT, then drain and exit."""
+    """Load the weights (StartupError: one line, exit 2 or 3, before anything listens), then serve with
+    uvicorn until SIGTERM/SIGINT, drain and exit."""
     application = create_app(settings)
+    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0))
+                            timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
+                            http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
     _DrainingServer(config, application.state.service).run()
 
 

@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,7 @@ __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 log = logging.getLogger(__name__)
 
 WORK_PATHS = ("/harmonize", "/curves")
+FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -68,7 +70,7 @@ class ServiceMiddleware:
 
     async def _gated(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         service = self.service
-        refusal = self._refusal(headers)
+        refusal = self._refusal(headers, scope.get("query_string", b"").decode("latin-1"))
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -102,7 +104,7 @@ class ServiceMiddleware:
         finally:
             service.in_flight -= 1
 
-    def _refusal(self, headers: Headers):
+    def _refusal(self, headers: Headers, scope_query: str = ""):
         """An error response when the request must not be taken, else None."""
         service = self.service
         key = service.settings.api_key
@@ -118,6 +120,11 @@ class ServiceMiddleware:
         if service.in_flight >= service.settings.max_queue:
             return error_response(503, "overloaded", f"{service.in_flight} requests are in flight, the most "
                                   f"this server queues; retry later", {"Retry-After": RETRY_AFTER_S})
+        in_query = sorted(FORM_FIELDS & {name for name, _ in parse_qsl(scope_query, keep_blank_values=True)})
+        if in_query:
+            return error_response(422, "invalid_field", f"{', '.join(in_query)} in the query string is ignored: "
+                                  f"`{in_query[0]}` is a form field; send it as a multipart part "
+                                  f"(curl -F {in_query[0]}=...)")
         limit = service.settings.max_upload_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

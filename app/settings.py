@@ -25,9 +25,15 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
     max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503
     request_timeout_s: float = Field(30.0, gt=0)  # deadline once the upload is read; past it → 504
+    header_timeout_s: float = Field(10.0, gt=0)  # longest wait for a request line and headers; past it → 408
+    max_connections: int = Field(512, ge=1)  # most open connections; the next is answered 503 and closed
     drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, the longest wait for accepted requests
     max_upload_bytes: int = Field(64 * MIB, ge=1024)  # largest request body, counted while reading it
     max_pixels: int = Field(50_000_000, ge=1)  # largest width × height, read from the image header
+    # Most decoded pixels in flight over all requests (each reserves its width × height from the headers,
+    # before decoding; more wait, then 503). ~6 bytes a pixel: 200 MP ≈ 1.2 GB, for a 2 GB container.
+    max_inflight_pixels: int = Field(200_000_000, ge=1)
+    release_memory: bool = True  # glibc: large buffers unmapped when freed, malloc_trim after large requests
     png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
@@ -53,6 +59,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value):
         return None if value in ("", None) else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # HTTP header values arrive as Latin-1 bytes, and clients send non-ASCII text in whatever encoding they
+        # like: a key with such characters could never be matched reliably, so it is refused at start-up.
+        if value is not None and not all(33 <= ord(c) <= 126 for c in value.get_secret_value()):
+            raise ValueError("the API key must be printable ASCII without spaces (HTTP headers are Latin-1, so "
+                             "other characters never match reliably)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

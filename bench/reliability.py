@@ -21,7 +21,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_reliability_inputs.py", "tests/test_reliability_load.py", "tests/test_reliability_security.py"]
+TESTS = ["tests/test_reliability_inputs.py", "tests/test_reliability_load.py", "tests/test_reliability_security.py",
+         "tests/test_reliability_memory.py"]
 
 
 def run_pytest(fast: bool, junit: Path) -> int:

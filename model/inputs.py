@@ -1,8 +1,10 @@
 """PIL images or numpy arrays in → a validated RGB(A) image and an L mask of one size; a ValueError that names
-the input and what was expected otherwise."""
+the input and what was expected otherwise. Sample formats (16-bit, float) follow model/modes.py."""
 
 import numpy as np
 from PIL import Image
+
+from .modes import composite_rgb, eight_bit
 
 __all__ = ["image_to_pil", "mask_to_pil", "to_pil_pair"]
 
@@ -12,23 +14,20 @@ def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:  # 16-bit samples: the high byte, as for 16-bit files (model/modes.py)
+        return (array >> 8).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ValueError(f"the {what} contains NaN or infinite values")
         if array.size and (array.min() < 0 or array.max() > 1):
             raise ValueError(f"a float {what} must hold values in [0, 1]")
         return np.rint(array * 255).astype(np.uint8)
-    raise ValueError(f"the {what} must be uint8, bool or float in [0, 1], got dtype {array.dtype}")
+    raise ValueError(f"the {what} must be uint8, uint16, bool or float in [0, 1], got dtype {array.dtype}")
 
 
 def image_to_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
-        if image.mode in ("RGB", "RGBA"):
-            return image
-        if image.mode in ("L", "LA", "P", "PA", "1", "CMYK", "I", "I;16", "F", "RGBX", "YCbCr", "LAB", "HSV"):
-            has_alpha = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-            return image.convert("RGBA" if has_alpha else "RGB")
-        raise ValueError(f"unsupported image mode {image.mode!r}")
+        return composite_rgb(image)  # 16-bit and float samples scaled, not clipped (model/modes.py)
     array = _to_uint8_array(np.asarray(image), "image")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
@@ -41,6 +40,7 @@ def image_to_pil(image) -> Image.Image:
 
 def mask_to_pil(mask) -> Image.Image:
     if isinstance(mask, Image.Image):
+        mask = eight_bit(mask)  # a 16-bit mask at 32768 is half strength, a float one in [0, 1] scaled
         if mask.mode == "L":
             return mask
         if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
@@ -68,4 +68,7 @@ def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
         raise ValueError("the mask selects nothing: it needs at least one non-zero (foreground) pixel")
     if low == 255:
         raise ValueError("the mask selects the whole image: there is no background to harmonize toward")
+    if high == 1:  # a 0/1 mask would blend at 1/255 strength: nothing visible, which looks like a bug of ours
+        raise ValueError("the mask's largest value is 1, but masks are 0–255 (255 = the pasted object, grey "
+                         "levels blend): scale a 0/1 mask by 255")
     return image, mask

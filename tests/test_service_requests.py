@@ -1,0 +1,90 @@
+"""What a request says is what it gets (issue 19, items 5, 6, 7, 10): alpha kept when the format cannot hold
+it, bodies that are not forms, form fields in the query, the Accept header, HEAD on health endpoints."""
+
+import httpx
+import numpy as np
+import pytest
+from conftest import decode, encode, post_image, real_pair
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return real_pair(160, 120, 3)
+
+
+def _transparent(pair) -> Image.Image:
+    composite, _ = pair
+    rgba = composite.convert("RGBA")
+    alpha = np.full(composite.size[::-1], 255, np.uint8)
+    alpha[:, :20] = 0
+    rgba.putalpha(Image.fromarray(alpha, "L"))
+    return rgba
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF"])
+def test_alpha_without_a_writable_format_comes_back_as_png(server, pair, fmt):
+    composite, mask = pair
+    source = _transparent(pair)
+    if fmt == "GIF":  # a palette image with one transparent index
+        source = source.convert("RGB").quantize(64)
+        source.info["transparency"] = 0
+        data = encode(source, "GIF", transparency=0)
+    else:
+        data = encode(source, "TIFF")
+    response = post_image(server.url, data, encode(mask, "PNG"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    served = decode(response.content)
+    assert served.mode == "RGBA" and served.getchannel("A").getextrema()[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["json", "text", "raw image", "urlencoded"])
+def test_a_body_that_is_not_multipart_is_a_bad_request(server, pair, kind):
+    composite, _ = pair
+    jpeg = encode(composite, "JPEG")
+    send = {"json": {"json": {"composite": "x"}},
+            "text": {"content": b"composite, mask", "headers": {"content-type": "text/plain"}},
+            "raw image": {"content": jpeg, "headers": {"content-type": "image/jpeg"}},
+            "urlencoded": {"data": {"format": "png"}}}[kind]
+    response = httpx.post(server.url + "/harmonize", timeout=30, **send)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "bad_request" and "multipart/form-data" in body["detail"]
+
+
+@pytest.mark.parametrize("endpoint", ["/harmonize", "/curves"])
+def test_form_fields_in_the_query_string_are_refused(server, pair, endpoint):
+    composite, mask = pair
+    response = post_image(server.url, encode(composite, "JPEG"), encode(mask, "PNG"),
+                          endpoint=endpoint + "?format=png")
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_field" and "form field" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("accept, fields, status, media_type", [
+    ("image/png", {}, 200, "image/png"),
+    ("image/webp;q=0.9, image/png;q=0.5", {}, 200, "image/webp"),
+    ("image/*", {}, 200, "image/jpeg"),
+    ("*/*", {}, 200, "image/jpeg"),
+    ("image/png, image/jpeg;q=0", {"format": "png"}, 200, "image/png"),
+    ("image/gif", {}, 406, None),
+    ("application/json", {}, 406, None),
+    ("image/webp", {"format": "png"}, 406, None),
+])
+def test_accept_is_honoured(server, pair, accept, fields, status, media_type):
+    composite, mask = pair
+    response = post_image(server.url, encode(composite, "JPEG"), encode(mask, "PNG"), fields=fields,
+                          headers={"Accept": accept})
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.headers["content-type"] == media_type
+        assert decode(response.content).size == composite.size
+    else:
+        assert response.json()["code"] == "not_acceptable"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_head_on_health_endpoints(server, path):
+    response = httpx.head(server.url + path, timeout=10)
+    assert response.status_code == 200 and response.content == b""
