@@ -772,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--weights", metavar="PATH",
-                               help="weights file (default: the shipped model/weights/s2crnet_squeezenet.pt)")
+                               help="weights file (default: the shipped model/weights/s2crnet.pt)")
     model_options.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                                help="where the network runs (default: auto = cuda when available)")
 

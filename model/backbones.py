@@ -78,10 +78,16 @@ def create_backbone(name: str, norm_layer: NormLayer = None) -> nn.Module:
 
 
 class Conv2dSame(nn.Conv2d):
-    """A convolution with TensorFlow's "same" padding (asymmetric for even sizes at stride 2), which the ImageNet
-    weights of EfficientNet-Lite were trained with; PyTorch's symmetric padding shifts every strided layer."""
+    """A convolution with TensorFlow's "same" padding, which the ImageNet weights of EfficientNet-Lite were trained
+    with. At stride 1 (odd kernels) that is PyTorch's symmetric padding; at stride 2 it is asymmetric for even
+    sizes (more after than before), which PyTorch's padding would shift by a pixel, so it is padded explicitly."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, **kwargs):
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
                               strict=True):

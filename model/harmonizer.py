@@ -27,7 +27,7 @@ from .weights import save_weights
 __all__ = ["DEFAULT_WEIGHTS", "DEVICES", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
 
 log = logging.getLogger(__name__)
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "s2crnet_squeezenet.pt"
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "s2crnet.pt"
 _GPU_RENDER_MIN_PIXELS = 1 << 20  # below ~1 MP the host↔device copies cost more than Pillow's render
 
 
