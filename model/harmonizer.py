@@ -20,7 +20,7 @@ from .config import DEVICES, ModelConfig
 from .curves import Curves, render, render_tensor
 from .inputs import to_pil_pair
 from .layers import compose, cut_layer
-from .network import S2CRNet, count_parameters
+from .network import S2CRNet, count_parameters, inference_copy
 from .thumbnails import foreground_histogram, make_thumbnails
 from .weights import save_weights
 
@@ -48,7 +48,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 class Harmonizer:
     def __init__(self, net: S2CRNet, device: torch.device, weights_path: Path | None = None,
                  sha256: str | None = None, meta: dict | None = None):
-        self.net = net.to(device).eval()
+        self.net = net.to(device).eval()  # as loaded: tools (renorm, calibrate) may change and save it
+        self._inference_net: S2CRNet | None = None  # what predictions run on, made at the first one
         self.config: ModelConfig = net.config
         self.device = device
         self.weights_path = weights_path
@@ -94,7 +95,10 @@ class Harmonizer:
         index = torch.tensor([self.net.category_index(c) for c in categories], device=self.device)
         batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
         with self._lock:
-            knots = self.net.forward_head(*self.net.forward_features(batch), index)
+            if self._inference_net is None:
+                self._inference_net = inference_copy(self.net)
+            net = self._inference_net
+            knots = net.forward_head(*net.forward_features(batch), index)
         # Each Curves carries its foreground's level histogram, so its mismatch score is known wherever it goes.
         return [Curves(k, self.config.strength, foreground_histogram(t))
                 for k, t in zip(knots.double().cpu().numpy(), thumbs, strict=True)]
