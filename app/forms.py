@@ -60,8 +60,10 @@ class InputForm:
 
 def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground: UploadFile | None,
               foreground_mask: UploadFile | None, background: UploadFile | None, x: int | None, y: int | None,
-              scale: float | None, box: str | None, feather: float | None) -> InputForm:
-    """The request's form, or a 422: missing_field for a half-sent form, mixed_inputs for both at once."""
+              scale: float | None, box: str | None, feather: float | None,
+              content_type: str = "multipart/form-data") -> InputForm:
+    """The request's form, or a 422: missing_field for a half-sent form, mixed_inputs for both at once; a 400
+    bad_request when nothing was found because the body is not a form at all (JSON, text, a raw image, ...)."""
     placement = {"x": x, "y": y, "scale": scale, "box": box, "feather": feather}
     layer_parts = [name for name, part in (("foreground", foreground), ("foreground_mask", foreground_mask),
                                            ("background", background)) if part is not None]
@@ -70,6 +72,10 @@ def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground:
     if layer_parts and composite_parts:
         raise ApiError(422, "mixed_inputs", f"{', '.join(composite_parts + layer_parts)}: send either composite "
                        "+ mask, or foreground + background (with x, y, scale, box, feather), not both")
+    media_type = content_type.partition(";")[0].strip().lower()
+    if not layer_parts and not composite_parts and media_type != "multipart/form-data":
+        raise ApiError(400, "bad_request", f"the body is {media_type or 'without a Content-Type'}; send "
+                       "multipart/form-data with file parts `composite` and `mask` (curl -F)")
     if not layer_parts:
         missing = [name for name in ("composite", "mask") if name not in composite_parts]
         if missing:

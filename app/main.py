@@ -395,7 +395,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         object recoloured, or with output=layer the harmonized foreground as RGBA."""
         start = time.perf_counter()
         service = _service(request)
-        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather)
+        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
+                         request.headers.get("content-type", ""))
         if output == "layer" and not form.layer:
             raise ApiError(422, "invalid_field", "output: layer needs the layer form (foreground + background)")
         if output == "layer" and format == "jpeg":
@@ -449,7 +450,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         the mismatch score as JSON, or a .cube LUT."""
         start = time.perf_counter()
         service = _service(request)
-        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather)
+        form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
+                         request.headers.get("content-type", ""))
         category = _check_category(service, category)
         timings: dict[str, float] = {}
         async def work():

@@ -78,6 +78,13 @@ class Harmonizer:
                  count_parameters(net), harmonizer.device, sha256)
         return harmonizer
 
+    @property
+    def inference_net(self) -> S2CRNet:
+        """What predictions run on: `net` with batch norm folded in (model.network.inference_copy), made once."""
+        if self._inference_net is None:
+            self._inference_net = inference_copy(self.net)
+        return self._inference_net
+
     # --- the two halves the service's batcher calls separately -------------------------------------------
     def prepare(self, image, mask) -> tuple[Image.Image, Image.Image, torch.Tensor]:
         """Validate one input and build its thumbnails (thread-safe, no model involved)."""
@@ -95,9 +102,7 @@ class Harmonizer:
         index = torch.tensor([self.net.category_index(c) for c in categories], device=self.device)
         batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
         with self._lock:
-            if self._inference_net is None:
-                self._inference_net = inference_copy(self.net)
-            net = self._inference_net
+            net = self.inference_net
             knots = net.forward_head(*net.forward_features(batch), index)
         # Each Curves carries its foreground's level histogram, so its mismatch score is known wherever it goes.
         return [Curves(k, self.config.strength, foreground_histogram(t))

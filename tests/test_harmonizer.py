@@ -207,13 +207,13 @@ def test_batch_of_mixed_sizes_equals_one_by_one(lively, monkeypatch):
              photo_pair(5)]
     categories = ["person", None, "sky", "unknown", "animal"]
     forward_calls = []
-    forward_features = h.net.forward_features
+    forward_features = h.inference_net.forward_features
 
     def counting(thumbs):
         forward_calls.append(len(thumbs))
         return forward_features(thumbs)
 
-    monkeypatch.setattr(h.net, "forward_features", counting)
+    monkeypatch.setattr(h.inference_net, "forward_features", counting)
     batched = h.predict_curves([p[0] for p in pairs], [p[1] for p in pairs], categories)
     assert forward_calls == [len(pairs)]  # one forward pass for the whole batch
     single = [h.predict_curves([im], [mask], [c])[0] for (im, mask), c in zip(pairs, categories, strict=True)]

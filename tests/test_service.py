@@ -189,7 +189,7 @@ def test_curves_json_matches_the_in_process_model(server, local, pair):
     response = post_image(server.url, encode(composite, "PNG"), encode(mask, "PNG"), endpoint="/curves")
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
-    assert body["model"] == "s2crnet-squeezenet" and body["category"] == "unknown"
+    assert body["model"] == f"s2crnet-{local.config.backbone}" and body["category"] == "unknown"
     assert {"decode", "thumbnail", "queue", "infer", "total"} <= set(body["timings_ms"])
     tables = np.array([body["r"], body["g"], body["b"]])
     assert tables.shape == (3, 256) and tables.min() >= 0 and tables.max() <= 255

@@ -226,7 +226,8 @@ def _bad_layer_requests(cutout: Image.Image, background: Image.Image):
         ("composite with x", {"composite": comp, "mask": mask_png}, {"x": "3"}, "mixed_inputs", "x"),
         ("foreground without background", {"foreground": fg}, {}, "missing_field", "background"),
         ("background without foreground", {"background": bg}, {"x": "1"}, "missing_field", "foreground"),
-        ("nothing at all", {}, {"format": "png"}, "missing_field", "composite"),
+        # A form without any of our parts (with none at all the body is not multipart: 400, test_service_requests)
+        ("nothing at all", {"notes": bg}, {"format": "png"}, "missing_field", "composite"),
         ("outside on the right", both, {"x": "480", "y": "0"}, "invalid_placement", "x, y"),
         ("outside above", both, {"x": "0", "y": str(-cutout.height)}, "invalid_placement", "x, y"),
         ("far outside", both, {"x": str(10**30), "y": "0"}, "invalid_placement", "x, y"),
