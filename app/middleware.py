@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ApiError, error_response
 
 if TYPE_CHECKING:
-    from .main import Service
+    from .service import Service
 
 __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 

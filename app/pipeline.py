@@ -1,0 +1,220 @@
+"""One request, top to bottom: headers → memory reservation → decode (and compose) → thumbnails → batch →
+curves. The routes render and encode; every blocking step runs in the service's worker pool."""
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+
+from fastapi import Request, UploadFile
+
+from model import Curves
+from model.layers import Layered, LayerError, compose
+
+from . import imaging, memory
+from .batcher import BatcherClosed, QueueFull
+from .errors import ApiError
+from .forms import InputForm, layer_api_error
+from .middleware import RETRY_AFTER_S
+from .service import Service
+
+__all__ = ["accepted_formats", "check_category", "curves_for", "server_timing", "with_deadline"]
+
+log = logging.getLogger(__name__)
+
+TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed memory back (malloc_trim) after it
+
+
+def check_category(service: Service, category: str | None) -> str | None:
+    if not category:
+        return None
+    known = service.harmonizer.config.categories
+    if category not in known:
+        raise ApiError(422, "unknown_category", f"category {category[:64]!r} is not one the model knows: "
+                       f"{', '.join(known)}")
+    return category
+
+
+def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):
+    if composite.image.size != mask.image.size:
+        (cw, ch), (mw, mh) = composite.image.size, mask.image.size
+        raise ApiError(422, "mask_size_mismatch", f"the mask is {mw}×{mh} but the composite is {cw}×{ch} "
+                       "(after EXIF orientation); they must be the same size")
+    try:
+        return service.harmonizer.prepare(composite.image, mask.image)
+    except ValueError as e:  # the model's sentence: empty mask, mask without background, bad mode
+        raise ApiError(422, "invalid_mask", str(e)) from None
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body is already read, so only a disconnect can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def with_deadline(service: Service, request: Request, work) -> object:
+    """Run `work` (a coroutine) under the request deadline; stop it when the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=service.settings.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()  # queued jobs are skipped by the batcher; later stages never start
+    if watcher in done:
+        log.info("client disconnected from %s; work abandoned", request.url.path)
+        raise ApiError(499, "client_closed", "the client closed the connection")
+    raise ApiError(504, "timeout", f"the request took longer than {service.settings.request_timeout_s} s")
+
+
+@asynccontextmanager
+async def _reserved(service: Service, pixels: int):
+    """Hold `pixels` of the in-flight budget (see app/memory.py) for the block; 503 + Retry-After when they do
+    not come free within half the request's deadline, so that the work keeps the other half."""
+    wait_s = service.settings.request_timeout_s / 2
+    try:
+        held = await service.budget.acquire(pixels, wait_s)
+    except TimeoutError:
+        raise ApiError(503, "overloaded", f"the server's memory budget ({service.settings.max_inflight_pixels} "
+                       f"decoded pixels in flight) stayed spent for {wait_s:g} s; retry later",
+                       {"Retry-After": RETRY_AFTER_S}) from None
+    try:
+        yield
+    finally:
+        service.budget.release(held)
+        if held >= TRIM_AFTER_PIXELS and service.settings.release_memory:
+            with suppress(RuntimeError):  # the pool is already shut down: the process is exiting anyway
+                service.pool.submit(memory.trim)  # off the event loop; a few ms
+
+
+async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
+                        stack: AsyncExitStack) -> list[imaging.Decoded]:
+    """Read every (file, name, is_colour_image)'s header, reserve the memory their pixels will need (held until
+    `stack` closes), then decode them all at once (Pillow decodes without holding the GIL). When several are
+    bad, the first one's error, every time."""
+    max_pixels = service.settings.max_pixels
+    opened = await asyncio.gather(*(service.run_blocking(imaging.open_image, part.file, name, max_pixels)
+                                    for part, name, _ in parts), return_exceptions=True)
+    _raise_first(opened)
+    # From the headers, before a pixel is decoded: the colour images together, or the largest part if more.
+    sizes = [image.width * image.height for image in opened]
+    colour = sum(size for size, (_, _, is_colour) in zip(sizes, parts, strict=True) if is_colour)
+    await stack.enter_async_context(_reserved(service, max(colour, *sizes)))
+    decoded = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, image, name, is_colour)
+                                     for image, (_, name, is_colour) in zip(opened, parts, strict=True)),
+                                   return_exceptions=True)
+    _raise_first(decoded)
+    return decoded
+    max_pixels = service.settings.max_pixels
+    outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode, part.file, name, max_pixels, colour)
+                                      for part, name, colour in parts), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
+                             stack: AsyncExitStack):
+    """composite + mask → (decoded composite, mask image, thumbnails)."""
+    with service.stage(timings, "decode"):
+        decoded_composite, decoded_mask = await _decode_parts(service, [(composite, "composite", True),
+                                                                        (mask, "mask", False)], stack)
+    width, height = decoded_composite.image.size
+    service.metrics.megapixels.observe(width * height / 1e6)
+    with service.stage(timings, "thumbnail"):
+        image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite, decoded_mask)
+    decoded_composite.image = image
+    return decoded_composite, mask_image, thumbs
+
+
+def _compose(service: Service, form: InputForm, foreground: imaging.Decoded, foreground_mask,
+             background: imaging.Decoded) -> Layered:
+    """Place the foreground on the decoded background, in place (no second full-size image)."""
+    try:
+        return compose(foreground.image, background.image, form.at, form.scale, form.box, form.feather,
+                       foreground_mask.image if foreground_mask is not None else None,
+                       max_pixels=service.settings.max_pixels, copy=False)
+    except LayerError as e:
+        raise layer_api_error(e) from None
+
+
+async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
+    """foreground (+ foreground_mask) + background + placement → (decoded background, mask, thumbnails, layered)."""
+    parts = [(form.foreground, "foreground", True), (form.background, "background", True)]
+    if form.foreground_mask is not None:
+        parts.append((form.foreground_mask, "foreground_mask", False))
+    with service.stage(timings, "decode"):
+        foreground, background, *rest = await _decode_parts(service, parts, stack)
+    width, height = background.image.size
+    service.metrics.megapixels.observe(width * height / 1e6)
+    with service.stage(timings, "compose"):
+        layered = await service.run_blocking(_compose, service, form, foreground, rest[0] if rest else None,
+                                             background)
+    del foreground, rest  # the scaled copy in `layered` is all that is needed from here on
+    with service.stage(timings, "thumbnail"):
+        background.image = layered.composite
+        image, mask_image, thumbs = await service.run_blocking(_prepare, service, background,
+                                                               imaging.Decoded(layered.mask, None, None))
+    background.image = image
+    return background, mask_image, thumbs, layered
+
+
+async def curves_for(service: Service, timings: dict, form: InputForm, category: str | None,
+                      strength: float | None, stack: AsyncExitStack):
+    """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
+    (decoded composite or background, mask image, curves at the request's strength, the Layered for layer input
+    or None)."""
+    service.preparing += 1
+    layered = None
+    try:
+        if form.layer:
+            decoded, mask_image, thumbs, layered = await _prepare_layer(service, timings, form, stack)
+        else:
+            decoded, mask_image, thumbs = await _prepare_composite(service, timings, form.composite, form.mask,
+                                                                   stack)
+        job = service.batcher.submit(thumbs, category)
+    except QueueFull:
+        raise ApiError(503, "overloaded", "the inference queue is full; retry later",
+                       {"Retry-After": RETRY_AFTER_S}) from None
+    except BatcherClosed:
+        raise ApiError(503, "shutting_down", "the server is shutting down") from None
+    finally:
+        service.preparing -= 1  # after submit: the batcher must not stop waiting for a job about to arrive
+    try:
+        curves: Curves = await job.future
+    finally:
+        if not job.future.done():
+            job.future.cancel()
+    timings["queue"], timings["infer"] = job.queue_s, job.infer_s
+    service.metrics.stage_duration.labels("queue").observe(job.queue_s)
+    return decoded, mask_image, curves.with_strength(strength), layered
+
+
+def _raise_first(outcomes: list) -> None:
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def accepted_formats(request: Request, requested: str | None) -> list[str] | None:
+    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
+    none of ours, or not the `format` the form asks for."""
+    accept = request.headers.get("accept")
+    accepted = imaging.acceptable_formats(accept)
+    if accepted is not None and (not accepted or (requested and requested not in accepted)):
+        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
+        if accepted:
+            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
+        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
+                       f"answers: {ours}")
+    return accepted
+
+
+def server_timing(timings: dict[str, float], total: float) -> str:
+    parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
+    return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
+
+
