@@ -20,7 +20,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -51,8 +50,6 @@ _FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
 _FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
 IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
 PNG_COMPRESS_LEVEL = 3  # zlib level: Pillow's default 6 takes ~3× as long for files ~10% smaller
-# iHarmony4 names a composite image_object_variant (a0041_1_5.jpg) and its mask image_object (a0041_1.png).
-_IHARMONY4_NAME = re.compile(r"^(?P<mask>.+_\d+)_\d+$")
 _PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
 
 
@@ -173,6 +170,8 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
     With `recursive`, a composite in composites/sub/ looks for its mask in masks/sub/ and its output goes to
     out_dir/sub/. Returns the jobs and the composites that could not be paired, each with the reason.
     """
+    from model.iharmony import COMPOSITE_NAME  # the model package imports torch: only when pairing
+
     for what, folder in (("composites", composites), ("masks", masks)):
         if not folder.is_dir():
             raise CliError(f"--{what} {str(folder)!r} is not a folder")
@@ -190,7 +189,7 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
     jobs, unpaired, outputs = [], [], {}
     for path in _image_files(composites, recursive, exclude):
         folder = path.parent.relative_to(composites)
-        iharmony4 = _IHARMONY4_NAME.match(path.stem)
+        iharmony4 = COMPOSITE_NAME.match(path.stem)  # a0041_1_5.jpg: its mask may be a0041_1.png
         candidates = masks_by_stem.get((folder, path.stem))
         if candidates is None and iharmony4:
             candidates = masks_by_stem.get((folder, iharmony4["mask"]))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from model.iharmony import mask_stem
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "iharmony4_samples"
 S2CRNET = Path(sys.executable).parent / "s2crnet"
@@ -32,7 +34,7 @@ SUMMARY = re.compile(r"(\d+) harmonized, .* \(([\d.]+) images/s\)")
 
 def iharmony4_pairs(root: Path) -> list[tuple[Path, Path]]:
     composites = sorted((root / "composite_images").glob("*.jpg"))
-    return [(c, root / "masks" / f"{c.stem.rsplit('_', 1)[0]}.png") for c in composites]
+    return [(c, root / "masks" / f"{mask_stem(c.stem)}.png") for c in composites]
 
 
 def generate(out: Path, count: int, size: int, seed: int = 0) -> None:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere without installing the package
 
 from model import Harmonizer  # noqa: E402
+from model.iharmony import mask_stem  # noqa: E402
 from model.thumbnails import make_thumbnails  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "iharmony4_samples"
@@ -44,7 +45,7 @@ def load_samples() -> list[tuple[Image.Image, Image.Image]]:
     names = sorted((DATA / "composite_images").glob("*.jpg")) if DATA.is_dir() else []
     samples = []
     for path in names:
-        mask_path = DATA / "masks" / ("_".join(path.stem.split("_")[:2]) + ".png")
+        mask_path = DATA / "masks" / f"{mask_stem(path.stem)}.png"
         samples.append((Image.open(path).convert("RGB"), Image.open(mask_path).convert("L")))
     if not samples:
         sys.stderr.write(f"no samples under {DATA}; using synthetic images\n")

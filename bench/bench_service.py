@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from model.iharmony import mask_stem
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "data" / "iharmony4_samples"
 SIDES = (1024, 2048, 4096)
@@ -39,7 +41,7 @@ def real_square(side: int, index: int = 0) -> tuple[bytes, bytes]:
     names = sorted((SAMPLES / "composite_images").glob("*.jpg"))
     path = names[index % len(names)]
     image = Image.open(path).convert("RGB")
-    mask = Image.open(SAMPLES / "masks" / ("_".join(path.stem.split("_")[:2]) + ".png")).convert("L")
+    mask = Image.open(SAMPLES / "masks" / f"{mask_stem(path.stem)}.png").convert("L")
     scale = side / min(image.size)
     size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
     image, mask = image.resize(size, Image.Resampling.BILINEAR), mask.resize(size, Image.Resampling.BILINEAR)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere without installing the package
 
 from model import Harmonizer  # noqa: E402
+from model.iharmony import read_iharmony_split  # noqa: E402
 
 EVAL_SIZE = 256
 
@@ -34,14 +35,6 @@ def do_nothing_error(composite: Image.Image, real: Image.Image, mask: Image.Imag
     return float(err.mean()), float(err[fg].sum() / (3 * max(int(fg.sum()), 1)))
 
 
-def triples(root: Path):
-    for line in (root / "test.txt").read_text().split():
-        stem = Path(line).stem  # a0065_1_2
-        image, obj = stem.split("_")[:2]
-        yield (stem, root / "composite_images" / f"{stem}.jpg", root / "masks" / f"{image}_{obj}.png",
-               root / "real_images" / f"{image}.jpg")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "iharmony4_val")
@@ -49,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     harmonizer = Harmonizer.load(args.weights, "cpu")
     rows = []
-    for name, composite_path, mask_path, real_path in triples(args.data):
+    for name, composite_path, mask_path, real_path in read_iharmony_split(args.data):
         composite, mask, real = (Image.open(p) for p in (composite_path, mask_path, real_path))
         composite, real = composite.convert("RGB"), real.convert("RGB")
         mask = mask.convert("L")

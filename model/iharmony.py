@@ -5,32 +5,38 @@ photo ID (`real_images/a0041.jpg`). The first letter names the subset. `labels.t
 a semantic class as the S²CRNet authors used them.
 """
 
+import re
 from pathlib import Path
 
 from .config import UNKNOWN
 
-__all__ = ["IHARMONY_LABELS", "SUBSETS", "mask_stem", "read_iharmony_labels", "read_iharmony_split", "real_stem"]
+__all__ = ["COMPOSITE_NAME", "IHARMONY_LABELS", "SUBSETS", "mask_stem", "read_iharmony_labels", "read_iharmony_split",
+           "real_stem"]
 
 SUBSETS = {"a": "HAdobe5k", "c": "HCOCO", "d": "Hday2night", "f": "HFlickr"}
 # labels.txt classes → our category names
 IHARMONY_LABELS = {"person": "person", "animal": "animal", "food": "other", "others": "other"}
 
 
-def _parts(composite_stem: str) -> list[str]:
-    parts = composite_stem.split("_")
-    if len(parts) < 3 or not all(parts):
+# ID_OBJECT_VARIANT, the object and variant numbers: a0041_1_5, d18478-20120526-021926_1_2
+COMPOSITE_NAME = re.compile(r"^(?P<mask>(?P<real>.+)_\d+)_\d+$")
+
+
+def _match(composite_stem: str) -> re.Match:
+    match = COMPOSITE_NAME.match(composite_stem)
+    if match is None:
         raise ValueError(f"composite name {composite_stem!r} does not follow iHarmony4's ID_OBJECT_VARIANT naming")
-    return parts
+    return match
 
 
 def mask_stem(composite_stem: str) -> str:
     """a0041_1_5 → a0041_1"""
-    return "_".join(_parts(composite_stem)[:-1])
+    return _match(composite_stem)["mask"]
 
 
 def real_stem(composite_stem: str) -> str:
     """a0041_1_5 → a0041"""
-    return "_".join(_parts(composite_stem)[:-2])
+    return _match(composite_stem)["real"]
 
 
 def read_iharmony_split(root: str | Path, split: str = "test") -> list[tuple[str, Path, Path, Path]]:
