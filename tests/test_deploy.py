@@ -212,7 +212,7 @@ def test_dockerignore_sends_the_sources_and_weights_but_no_training_code_data_ca
     tracked = subprocess.run(["git", "ls-files", "model", "app"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
     served = [path for path in tracked if not path.startswith("model/training/")]
-    kept = [*sources, "model/weights/s2crnet.pt", "model/harmonizer.py", "app/cli.py", *served]
+    kept = [*sources, "model/weights/s2crnet.pt", "model/harmonizer.py", "app/cli/__init__.py", *served]
     for path in kept:
         assert not dockerignored(path, patterns), f"{path} is left out of the build context"
     left_out = ["tests/conftest.py", ".venv/bin/python", ".git/HEAD", "bench/bench_model.py", "runs/x/c.pt",

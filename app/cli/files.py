@@ -1,0 +1,121 @@
+"""Images in and out for the CLI: output formats, saving, decoding through app/imaging, and shared helpers."""
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# Output format by file extension (Pillow format names).
+OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
+                  ".tiff": "TIFF", ".bmp": "BMP"}
+FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
+FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
+FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
+IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
+PNG_COMPRESS_LEVEL = 3  # zlib level: Pillow's default 6 takes ~3× as long for files ~10% smaller
+PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 1."""
+
+
+# --- images in and out --------------------------------------------------------------------------------------
+
+def output_format(path: Path) -> str:
+    try:
+        return OUTPUT_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise CliError(f"cannot tell the output format from {str(path)!r}: use one of "
+                       f"{', '.join(sorted(OUTPUT_FORMATS))}") from None
+
+
+def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes | None) -> None:
+    """Encode by the extension of `path`; alpha and ICC profile kept where the format allows.
+
+    Written to a temporary name and renamed, so an interrupted run never leaves a half-written output that a
+    resumed run would skip.
+    """
+    fmt = output_format(path)
+    if fmt in FORMATS_WITHOUT_ALPHA and image.mode == "RGBA":
+        image = image.convert("RGB")
+    params: dict = {}
+    if fmt in ("JPEG", "WEBP"):
+        params["quality"] = quality
+    elif fmt == "PNG":
+        params["compress_level"] = PNG_COMPRESS_LEVEL
+    if icc_profile and fmt in FORMATS_WITH_ICC:
+        params["icc_profile"] = icc_profile
+    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    try:
+        image.save(partial, format=fmt, **params)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@dataclass
+class Job:
+    composite: Path
+    mask: Path
+    output: Path
+
+    @property
+    def source(self) -> Path:
+        """What messages and the report name this job by."""
+        return self.composite
+
+
+@dataclass
+class Prepared:
+    """A decoded composite ready to render: image (RGB/RGBA), mask (L), thumbnails, ICC profile to keep."""
+
+    image: Image.Image
+    mask: Image.Image
+    thumbs: "torch.Tensor"  # (8, S, S), see model.thumbnails
+    icc_profile: bytes | None
+    layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
+
+
+def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
+    """Decode a composite and its mask through the service's own decoder (app/imaging.py: EXIF orientation,
+    16-bit and float samples scaled, truncated data refused); also returns the ICC profile worth keeping."""
+    decoded = decode_file(composite, "composite", True)
+    return decoded.image, decode_file(mask, "mask", False).image, decoded.icc_profile
+
+
+def decode_file(path: Path, what: str, composite: bool):
+    from app import imaging  # imports the model package (torch): only for the commands that decode
+    from app.errors import ApiError
+
+    try:
+        return imaging.decode(str(path), what, None, composite)  # no pixel limit: the user's own files
+    except ApiError as e:
+        if e.code == "unsupported_image":
+            raise CliError(f"cannot identify image file {str(path)!r}: {e.detail}") from None
+        raise CliError(f"{path}: {e.detail}") from None
+
+
+def load_job(harmonizer, job: Job) -> Prepared:
+    """Decode, validate and thumbnail one pair (runs in a worker thread)."""
+    start = time.perf_counter()
+    image, mask, icc_profile = decode_pair(job.composite, job.mask)
+    image, mask, thumbs = harmonizer.prepare(image, mask)
+    return Prepared(image, mask, thumbs, icc_profile, timings={"decode": time.perf_counter() - start})
+
+
