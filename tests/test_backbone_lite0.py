@@ -2,6 +2,7 @@
 pieces it brings (frozen layers, the real-triple validation, the harm term) do what they say."""
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,21 @@ def test_stop_step_ends_a_leg_that_resume_continues_on_the_same_schedule(tmp_pat
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 2
     run(parser.parse_args([*common, "--resume"]))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_the_cli_trains_from_a_recipe_and_names_it_in_the_weights(tmp_path):
+    import subprocess
+    import sys
+
+    manifest = tiny_manifest(tmp_path, 40)
+    make_iharmony_fixture(tmp_path / "real")
+    script = Path(sys.executable).with_name("s2crnet")
+    result = subprocess.run(
+        [str(script), "train", "--recipe", "lite0-real", "--photos", str(manifest), "--val-real",
+         str(tmp_path / "real"), "--thumb", "64", "--size", "48", "--batch-size", "4", "--steps", "2",
+         "--stop-step", "2", "--warmup", "1", "--val-every", "2", "--val-samples", "4", "--workers", "0",
+         "--device", "cpu", "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    h = Harmonizer.load(tmp_path / "run" / "best.pt", device="cpu")
+    assert h.config.backbone == "efficientnet_lite0" and h.meta["recipe"] == "lite0-real"
+    assert h.meta["train_args"]["trainable_blocks"] == 3 and h.meta["train_args"]["harm_weight"] == 1.0

@@ -247,7 +247,8 @@ def delegate(module_name: str, prog: str, argv: list[str]) -> int:
         raise CliError(f"'{prog}' is not available in this installation ({e})") from e
     parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().split("\n")[0])
     module.add_arguments(parser)
-    result = module.run(parser.parse_args(argv))
+    parse = getattr(module, "parse_arguments", None)  # train's: --recipe supplies defaults before parsing
+    result = module.run(parse(parser, argv) if parse else parser.parse_args(argv))
     return result if isinstance(result, int) else 0
 
 
