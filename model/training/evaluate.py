@@ -106,7 +106,7 @@ def held_out_items(manifest: Path, count: int) -> list[dict]:
     return items
 
 
-def _open(source: Path | Image.Image, mode: str) -> Image.Image:
+def open_upright(source: Path | Image.Image, mode: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source.convert(mode)
     with Image.open(source) as im:
@@ -122,14 +122,14 @@ def evaluate(harmonizer: Harmonizer, items: list[dict], full_res: bool = False, 
     rows, sheet_rows = [], []
     semantic = harmonizer.config.semantic
     for item in tqdm(items, desc="eval", unit="img", file=sys.stderr):
-        composite, mask = _open(item["composite"], "RGB"), _open(item["mask"], "L")
+        composite, mask = open_upright(item["composite"], "RGB"), open_upright(item["mask"], "L")
         if mask.size != composite.size:
             mask = mask.resize(composite.size, Image.Resampling.BILINEAR)
         category = item["category"] if semantic and item["category"] in harmonizer.config.categories else None
         ours = harmonizer.harmonize(composite, mask, category=category)
         row = {"name": item["name"]}
         if item["real"] is not None:
-            real = _open(item["real"], "RGB")
+            real = open_upright(item["real"], "RGB")
             comp_s, ours_s, real_s = _small(composite), _small(ours), _small(real)
             fg = _small(mask) > 127
             for method, pred in zip(METHODS, (comp_s, lab_transfer(comp_s, fg), ours_s), strict=True):

@@ -10,21 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..curves import apply_curves
 from ..iharmony import read_iharmony_split
 from ..thumbnails import make_thumbnails
-from .evaluate import WORSE_MARGIN
+from .evaluate import WORSE_MARGIN, open_upright
 
 __all__ = ["RealTriples"]
 
 EVAL_SIZE = 256
-
-
-def _open(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert(mode)
 
 
 def _tensor(im: Image.Image) -> torch.Tensor:
@@ -37,13 +32,13 @@ class RealTriples:
         thumbs, composites, masks, reals, self.names = [], [], [], [], []
         for root in roots:
             for name, comp_path, mask_path, real_path in read_iharmony_split(root, "test"):
-                composite, mask = _open(comp_path, "RGB"), _open(mask_path, "L")
+                composite, mask = open_upright(comp_path, "RGB"), open_upright(mask_path, "L")
                 if mask.size != composite.size:
                     mask = mask.resize(composite.size, Image.Resampling.BILINEAR)
                 thumbs.append(make_thumbnails(composite, mask, thumb))
                 composites.append(_tensor(composite))
                 masks.append(_tensor(mask))
-                reals.append(_tensor(_open(real_path, "RGB")))
+                reals.append(_tensor(open_upright(real_path, "RGB")))
                 self.names.append(name)
         if not self.names:
             raise ValueError(f"no real triples in {', '.join(map(str, roots))}")
