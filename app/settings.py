@@ -1,6 +1,6 @@
 """One typed settings object for the service: every field is also an `S2CRNET_<NAME>` environment variable.
 
-The README's configuration table is checked against these fields by tests/test_service_readme.py.
+The README's configuration table is checked against these fields by tests/service/test_service_readme.py.
 """
 
 from pathlib import Path

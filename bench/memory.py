@@ -4,7 +4,7 @@
     nice -n 15 .venv/bin/python bench/memory.py --side 7000 --rounds 5 # the issue's 49 MP burst (slow)
     nice -n 15 .venv/bin/python bench/memory.py --side 7000 --only budget+release --timeout 30  # with 503s
 
-Each configuration runs its own server (127.0.0.1) through tests/test_reliability_memory.py's run_bursts:
+Each configuration runs its own server (127.0.0.1) through tests/reliability/test_reliability_memory.py's run_bursts:
 `concurrency` simultaneous POST /harmonize of one real photo, `rounds` times; it prints idle, peak and settled
 RSS per round and the answers. Configurations (S2CRNET_* and glibc MALLOC_* variables):
   baseline            no budget, allocator untouched (what the service did before issue 19)
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
 
 from test_reliability_memory import run_bursts  # noqa: E402
 

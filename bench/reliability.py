@@ -3,7 +3,7 @@
     nice -n 15 .venv/bin/python bench/reliability.py           # full: ≥ 2,000 hostile requests, 5,000 soak, ...
     nice -n 15 .venv/bin/python bench/reliability.py --fast    # the fast variants the normal test run has
 
-It runs pytest on tests/test_reliability_*.py (the full variants are marked `slow`; with --fast the `_fast` ones
+It runs pytest on tests/reliability/ (the full variants are marked `slow`; with --fast the `_fast` ones
 instead) and prints the figures the tests record with `record_property` (read back from pytest's JUnit XML),
 beside the machine, its load and the date. Exit status: pytest's.
 """
@@ -21,8 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_reliability_inputs.py", "tests/test_reliability_load.py", "tests/test_reliability_security.py",
-         "tests/test_reliability_memory.py"]
+TESTS = ["tests/reliability"]
 
 
 def run_pytest(fast: bool, junit: Path) -> int:

@@ -9,8 +9,8 @@ negative and NaN values for x, y, scale, box, feather, strength and output; wron
 multipart bodies; chunked bodies over the upload limit. After every batch of requests /healthz must answer; the
 server's peak RSS is reported. A schemathesis run against /openapi.json follows the same rule.
 
-    nice -n 15 .venv/bin/pytest -q tests/test_reliability_inputs.py            # fast: a few hundred requests
-    nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_inputs.py    # full: ≥ 2,000 requests
+    nice -n 15 .venv/bin/pytest -q tests/reliability/test_reliability_inputs.py  # fast: a few hundred requests
+    nice -n 15 .venv/bin/pytest -q -m slow tests/reliability/test_reliability_inputs.py  # full: ≥ 2,000 requests
 """
 
 import functools
@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 import pytest
 import schemathesis
-from conftest import exif_bytes, read_http_answer, real_cutout, real_pair, start_server
+from helpers import exif_bytes, read_http_answer, real_cutout, real_pair, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -9,8 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS, REAL_VAL, SAMPLES, real_pair
-from PIL import Image
+from helpers import PHOTOS, REAL_VAL, SAMPLES, make_iharmony_fixture, photo_and_mask, real_pair, tiny_manifest
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
 from model.harmonizer import save_weights
@@ -30,16 +29,6 @@ from model.training.renorm import add_arguments as add_renorm_arguments
 from model.training.renorm import run as run_renorm
 from model.training.train import add_arguments, run
 from model.weights import load_initial_weights
-
-
-def photo_and_mask(seed: int = 0, size: int = 64):
-    rng = np.random.default_rng(seed)
-    with Image.open(SAMPLES / "real_images" / "f1380.jpg") as im:
-        real = np.asarray(im.convert("RGB").resize((size, size)))
-    mask = np.zeros((size, size), np.uint8)
-    mask[size // 4: 3 * size // 4, size // 5: size // 2] = 255
-    mask[size // 4, size // 5: size // 2] = 128  # a soft edge row
-    return rng, real, mask
 
 
 def test_recolour_changes_only_the_masked_region_and_never_the_ground_truth():
@@ -78,27 +67,6 @@ def test_validation_split_is_stable_and_about_ten_percent():
     assert val == [i for i in ids if is_validation(i)]
 
 
-def tiny_manifest(tmp_path, n: int = 12):
-    """A manifest of small crops of the real shared photos, so data loading takes milliseconds."""
-    with (PHOTOS / "manifest.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))[:n]
-    (tmp_path / "img").mkdir()
-    for row in rows:
-        stem = row["id"].replace("/", "_")
-        with Image.open(PHOTOS / row["image"]) as im:
-            im.convert("RGB").resize((64, 64)).save(tmp_path / "img" / f"{stem}.jpg")
-        with Image.open(PHOTOS / row["mask"]) as im:
-            im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
-        row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
-        row["id"] = f"tiny/{stem}"
-    manifest = tmp_path / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
-
-
 def test_photo_source_splits_are_disjoint(tmp_path):
     manifest = tiny_manifest(tmp_path, 60)
     train, val = PhotoSource(manifest, "train"), PhotoSource(manifest, "val")
@@ -113,23 +81,6 @@ def test_samples_are_a_pure_function_of_seed_and_index(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["thumbs"].shape == (8, 32, 32) and a["composite"].shape == (3, 48, 48) and a["mask"].shape == (1, 48, 48)
     assert not torch.equal(pairs[5]["real"], a["real"])
-
-
-def make_iharmony_fixture(root, n: int = 3):
-    for sub in ("composite_images", "masks", "real_images"):
-        (root / sub).mkdir(parents=True)
-    names = []
-    for i in range(n):
-        _, real, mask = photo_and_mask(i, 48)
-        composite = real.copy()
-        composite[mask > 0] = np.clip(composite[mask > 0].astype(int) + 40, 0, 255)
-        Image.fromarray(real).save(root / "real_images" / f"a{i:04d}.jpg")
-        Image.fromarray(mask).save(root / "masks" / f"a{i:04d}_1.png")
-        Image.fromarray(composite).save(root / "composite_images" / f"a{i:04d}_1_{i + 1}.jpg")
-        names.append(f"a{i:04d}_1_{i + 1}.jpg")
-    (root / "IHD_test.txt").write_text("\n".join(names) + "\n")
-    (root / "labels.txt").write_text(f"{names[0]} person 0\n")
-    return names
 
 
 def test_iharmony_reader_pairs_composites_masks_and_reals(tmp_path):

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import real_pair
+from helpers import real_pair
 from PIL import Image
 
 from model.curves import (

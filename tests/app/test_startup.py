@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import REPO, encode, post_image, real_pair, start_server
+from helpers import REPO, encode, post_image, real_pair, start_server
 from PIL import Image
 
 S2CRNET = str(Path(sys.executable).parent / "s2crnet")

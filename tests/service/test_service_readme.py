@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from app.errors import ERROR_CODES
 from app.metrics import Metrics

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import real_pair
+from helpers import real_pair
 
 from model import PAPER_CONFIG, ModelConfig, S2CRNet, count_parameters
 from model.backbones import BACKBONE_CHANNELS, create_backbone, list_backbones

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SAMPLES, decode, encode, exif_bytes, real_cutout, real_pair, start_server
+from helpers import REPO, SAMPLES, decode, encode, exif_bytes, real_cutout, real_pair, start_server
 from PIL import Image, ImageCms
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, photo_pair, real_pair
+from helpers import REPO, photo_pair, real_pair
 from PIL import Image
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet, WeightsError, count_parameters

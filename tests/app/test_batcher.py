@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from conftest import real_pair
+from helpers import real_pair
 
 from app.batcher import Batcher, BatcherClosed, QueueFull
 from model import Harmonizer

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, decode, encode, free_port, post_image, real_pair, start_server
+from helpers import REPO, decode, encode, free_port, post_image, real_pair, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings

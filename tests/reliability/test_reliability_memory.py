@@ -8,8 +8,8 @@ round); after each round, once nothing is in flight, the settled RSS is read. Th
     footprint is in the idle figure);
   - the settled RSS after each round is within SETTLE_MB of the idle RSS before the first.
 
-    nice -n 15 .venv/bin/pytest -q tests/test_reliability_memory.py            # fast: 4 × 4 MP, small budget
-    nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_memory.py    # full: 16 × 49 MP × 5 rounds
+    nice -n 15 .venv/bin/pytest -q tests/reliability/test_reliability_memory.py  # fast: 4 × 4 MP, small budget
+    nice -n 15 .venv/bin/pytest -q -m slow tests/reliability/test_reliability_memory.py  # full: 16 × 49 MP × 5 rounds
     nice -n 15 .venv/bin/python bench/memory.py                                 # allocator settings compared
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import encode, post_image, real_pair, start_server
+from helpers import encode, post_image, real_pair, start_server
 
 from app.memory import BYTES_PER_PIXEL
 

@@ -4,7 +4,7 @@ it, bodies that are not forms, form fields in the query, the Accept header, HEAD
 import httpx
 import numpy as np
 import pytest
-from conftest import decode, encode, post_image, real_pair
+from helpers import decode, encode, post_image, real_pair
 from PIL import Image
 
 

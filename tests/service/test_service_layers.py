@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, decode, encode, photo_pair, post_image, real_cutout, real_pair, start_server
+from helpers import REPO, decode, encode, photo_pair, post_image, real_cutout, real_pair, start_server
 from PIL import Image
 
 from model import ModelConfig, S2CRNet

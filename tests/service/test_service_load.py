@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import encode, post_image, read_http_answer, real_pair, start_server
+from helpers import encode, post_image, read_http_answer, real_pair, start_server
 
 
 def _metric(url: str, name: str, labels: str = "") -> float:

@@ -4,7 +4,7 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from conftest import encode, exif_bytes, real_pair
+from helpers import encode, exif_bytes, real_pair
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError

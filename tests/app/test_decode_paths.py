@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO, decode, encode, post_image, real_pair
+from helpers import REPO, decode, encode, post_image, real_pair
 from PIL import Image, ImageCms, ImageFile
 
 from app import imaging

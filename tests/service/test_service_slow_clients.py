@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import read_http_answer, start_server
+from helpers import read_http_answer, start_server
 
 HEAD_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 6

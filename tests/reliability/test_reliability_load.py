@@ -6,11 +6,11 @@
 - Clients that vanish mid-upload and mid-response leave nothing in flight.
 - Soak: mixed requests (64² to 4096², sequential and concurrent): RSS growth after warm-up ≤ 50 MB, no file
   descriptors or threads leaked (psutil on the server's pid).
-- SIGTERM with ≥ 16 requests in flight (full run; tests/test_service_load.py checks the same drain with
+- SIGTERM with ≥ 16 requests in flight (full run; tests/service/test_service_load.py checks the same drain with
   fewer guaranteed in flight in the normal run).
 
-    nice -n 15 .venv/bin/pytest -q tests/test_reliability_load.py            # fast, short bounded load
-    nice -n 15 .venv/bin/pytest -q -m slow tests/test_reliability_load.py    # full: 30 s overload, 5,000 soak
+    nice -n 15 .venv/bin/pytest -q tests/reliability/test_reliability_load.py  # fast, short bounded load
+    nice -n 15 .venv/bin/pytest -q -m slow tests/reliability/test_reliability_load.py  # full: 30 s overload, 5,000 soak
 """
 
 import http.client
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 import pytest
-from conftest import encode, post_image, real_pair, start_server
+from helpers import encode, post_image, real_pair, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 OVERLOAD_QUEUE = 2  # small, so a request admitted under overload waits behind few others (see docs/RELIABILITY.md)

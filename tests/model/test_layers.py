@@ -4,7 +4,7 @@ feather; PIL and numpy in, the same kind out; strength as one formula; the misma
 import numpy as np
 import pytest
 import torch
-from conftest import real_cutout, real_pair
+from helpers import real_cutout, real_pair
 from PIL import Image
 
 from model import Curves, Harmonizer, ModelConfig, S2CRNet

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, encode, post_image, read_http_answer, real_pair, start_server
+from helpers import REPO, encode, post_image, read_http_answer, real_pair, start_server
 from PIL import Image
 
 KEY = "s3cret-token"

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS
+from helpers import PHOTOS, make_iharmony_fixture, tiny_manifest
 from PIL import Image
-from test_training import make_iharmony_fixture, tiny_manifest
 
 from model import Harmonizer, ModelConfig, S2CRNet
 from model.backbones import create_backbone

@@ -7,7 +7,7 @@ from io import BytesIO
 import httpx
 import numpy as np
 import pytest
-from conftest import decode, encode, exif_bytes, photo_pair, post_image, real_cutout, real_pair
+from helpers import decode, encode, exif_bytes, photo_pair, post_image, real_cutout, real_pair
 from PIL import Image, ImageCms, ImageOps
 
 from app.metrics import STAGES

@@ -2,7 +2,7 @@
 health, info and metrics open), the key compared in constant time, no client input becoming a file path, no temp
 files left behind, no file contents or stack traces in errors, and the dependency versions.
 
-    nice -n 15 .venv/bin/pytest -q tests/test_reliability_security.py
+    nice -n 15 .venv/bin/pytest -q tests/reliability/test_reliability_security.py
 """
 
 import hmac
@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import REPO, encode, post_image, real_pair, start_server
+from helpers import REPO, encode, post_image, real_pair, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement

@@ -1,0 +1,313 @@
+"""Test helpers (`from helpers import real_pair, start_server`): start the real server in a subprocess, and make
+real test images.
+
+Start a server (real uvicorn on a free 127.0.0.1 port, waits until GET /readyz answers 200):
+
+    handle = start_server(env={"S2CRNET_MAX_BATCH_SIZE": "1"})
+    httpx.get(handle.url + "/healthz")
+    handle.stop()                  # SIGTERM, waits for the exit; returns the exit code
+    handle.logs                    # everything the server wrote to stdout and stderr so far
+
+    # Any command line: "{host}" and "{port}" are filled in; .venv/bin is first on PATH.
+    start_server(args=["s2crnet", "serve", "--host", "{host}", "--port", "{port}"])
+
+The session-scoped `server` fixture (conftest.py) is one server with the default settings, shared by every test
+that only reads from it. Tests that change settings or send signals start their own with `start_server`.
+
+Real images (crops of the real photos in ../shared/data, never synthetic noise):
+
+    composite, mask = real_pair(512, 384)          # PIL RGB + PIL L, mask has foreground and background
+    data = encode(composite, "JPEG", quality=90)   # bytes
+    response = post_image(handle.url, data, encode(mask, "PNG"), fields={"format": "png"})
+"""
+
+import csv
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.iharmony import mask_stem
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SAMPLES = DATA / "iharmony4_samples"
+REAL_VAL = DATA / "iharmony4_val"  # real composites for choosing weights; never trained on
+PHOTOS = DATA / "photos"
+DEFAULT_SERVER_ARGS = [sys.executable, "-m", "app"]  # app.main.run: uvicorn plus the drain on SIGTERM
+
+
+def read_http_answer(sock: socket.socket, answer: bytes = b"", timeout: float = 30.0) -> bytes:
+    """Read a raw HTTP/1.1 answer from `sock` until its head and Content-Length body are in (or EOF, timeout)."""
+    sock.setblocking(True)
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        head, separator, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.I)
+        if separator and (length is None or len(body) >= int(length.group(1))):
+            break
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        answer += data
+    return answer
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerHandle:
+    """A server process from `start_server`. Its output goes to a file (a pipe could fill up and block it)."""
+
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.running:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for the exit; kills the process (and fails the test) if it does not end within `timeout`."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            pytest.fail(f"server did not exit within {timeout} s; logs:\n{self.logs[-4000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the exit; returns the exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                code = self.process.returncode
+                raise RuntimeError(f"server exited with {code}; logs:\n{self.logs[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.process.kill()
+        raise RuntimeError(f"server not ready within {timeout} s; logs:\n{self.logs[-4000:]}")
+
+
+def start_server(env: dict | None = None, args: list[str] | None = None, *, host: str = "127.0.0.1",
+                 ready_timeout: float = 120.0, wait_ready: bool = True) -> ServerHandle:
+    """Start the server in a subprocess on a free port of `host` and (by default) wait until /readyz is 200.
+
+    env: extra environment variables (on top of os.environ without its S2CRNET_* variables, so a developer's
+    shell cannot change the tests, plus S2CRNET_HOST and S2CRNET_PORT).
+    args: the command line (default `python -m app`); "{host}" and "{port}" in it are replaced.
+    The caller stops it (`handle.stop()`); a failed start raises RuntimeError with the server's logs.
+    """
+    port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("S2CRNET_")}
+    full_env = {
+        **inherited,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "S2CRNET_HOST": host,
+        "S2CRNET_PORT": str(port),
+        **(env or {}),
+    }
+    command = [a.replace("{host}", host).replace("{port}", str(port)) for a in (args or DEFAULT_SERVER_ARGS)]
+    log_fd, log_name = tempfile.mkstemp(prefix="s2crnet-server-", suffix=".log")
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log_fd, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    os.close(log_fd)
+    handle = ServerHandle(f"http://{host}:{port}", port, process, Path(log_name), command)
+    weakref.finalize(handle, _clean_up, process, Path(log_name))  # at the latest when pytest exits
+    if wait_ready:
+        handle.wait_ready(ready_timeout)
+    return handle
+
+
+def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
+    """No server outlives its test session, and no log file stays behind in /tmp."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    log_path.unlink(missing_ok=True)
+
+
+# --- real images ----------------------------------------------------------------------------------------
+def sample_names() -> list[str]:
+    """The iHarmony4 sample composites, e.g. 'a0041_1_5' (their masks are masks/a0041_1.png)."""
+    return sorted(p.stem for p in (SAMPLES / "composite_images").glob("*.jpg"))
+
+
+@functools.lru_cache(maxsize=16)
+def _source(index: int, longest: int) -> tuple[Image.Image, Image.Image]:
+    name = sample_names()[index % len(sample_names())]
+    image = Image.open(SAMPLES / "composite_images" / f"{name}.jpg")
+    image.draft("RGB", (longest, longest))  # JPEG DCT scaling: opening the 17 MP samples stays fast
+    image = image.convert("RGB")
+    mask = Image.open(SAMPLES / "masks" / f"{mask_stem(name)}.png").convert("L")
+    return image, mask.resize(image.size, Image.Resampling.NEAREST)
+
+
+def real_pair(width: int, height: int, index: int = 0) -> tuple[Image.Image, Image.Image]:
+    """A real composite (RGB) and its mask (L) at exactly width×height: the sample scaled to cover the size
+    and cropped around its object, so the mask holds both foreground and background."""
+    image, mask = _source(index, max(width, height))
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    mask = mask.resize(size, Image.Resampling.BILINEAR)
+    left, top, right, bottom = mask.getbbox()
+    cx, cy = (left + right) // 2, (top + bottom) // 2
+    x0 = min(max(cx - width // 2, 0), size[0] - width)
+    y0 = min(max(cy - height // 2, 0), size[1] - height)
+    box = (x0, y0, x0 + width, y0 + height)
+    image, mask = image.crop(box), mask.crop(box)
+    low, high = mask.getextrema()
+    if high == 0 or low == 255:  # a tiny crop can miss the object's edge: its left half becomes the object
+        array = np.zeros((height, width), np.uint8)
+        array[:, : max(1, width // 2)] = 255
+        array[-1, -1] = 0  # a 1-pixel-wide crop still needs one background pixel
+        mask = Image.fromarray(array, "L")
+    return image, mask
+
+
+def photo_pair(index: int = 0) -> tuple[Image.Image, Image.Image]:
+    """A real photo and its object mask from ../shared/data/photos (small: 256² to 640×480)."""
+    with open(PHOTOS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    row = rows[index % len(rows)]
+    return (Image.open(PHOTOS / row["image"]).convert("RGB"),
+            Image.open(PHOTOS / row["mask"]).convert("L"))
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(BytesIO(data))
+    image.load()
+    return image
+
+
+def exif_bytes(orientation: int) -> bytes:
+    """An EXIF block holding only the Orientation tag (1-8): pass as `exif=` to Image.save."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def post_image(url: str, composite: bytes, mask: bytes, fields: dict | None = None,
+               endpoint: str = "/harmonize", headers: dict | None = None, timeout: float = 60.0,
+               client: httpx.Client | None = None, names: tuple[str, str] = ("comp.jpg", "mask.png"),
+               ) -> httpx.Response:
+    """POST composite + mask (+ form fields) as multipart/form-data to endpoint; returns the response."""
+    files = {"composite": (names[0], composite, "application/octet-stream"),
+             "mask": (names[1], mask, "application/octet-stream")}
+    send = client.post if client is not None else httpx.post
+    return send(url + endpoint, files=files, data=fields or {}, headers=headers or {}, timeout=timeout)
+
+
+def real_cutout(index: int = 0, scale: float = 1.0) -> Image.Image:
+    """A segmenter-style RGBA cutout from a real photo: the crop around its object mask, alpha = that mask, and
+    black where the alpha is 0 (as rembg leaves it)."""
+    photo, mask = photo_pair(index)
+    left, top, right, bottom = mask.getbbox()
+    box = (max(left - 4, 0), max(top - 4, 0), min(right + 4, photo.width), min(bottom + 4, photo.height))
+    rgb, alpha = photo.crop(box), mask.crop(box)
+    if scale != 1.0:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb, alpha = rgb.resize(size, Image.Resampling.BILINEAR), alpha.resize(size, Image.Resampling.BILINEAR)
+    cutout = Image.composite(rgb, Image.new("RGB", rgb.size), alpha)
+    cutout.putalpha(alpha)
+    return cutout
+
+
+# --- tiny training data ---------------------------------------------------------------------------------
+def photo_and_mask(seed: int = 0, size: int = 64):
+    rng = np.random.default_rng(seed)
+    with Image.open(SAMPLES / "real_images" / "f1380.jpg") as im:
+        real = np.asarray(im.convert("RGB").resize((size, size)))
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4: 3 * size // 4, size // 5: size // 2] = 255
+    mask[size // 4, size // 5: size // 2] = 128  # a soft edge row
+    return rng, real, mask
+
+
+def tiny_manifest(tmp_path, n: int = 12):
+    """A manifest of small crops of the real shared photos, so data loading takes milliseconds."""
+    with (PHOTOS / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    (tmp_path / "img").mkdir()
+    for row in rows:
+        stem = row["id"].replace("/", "_")
+        with Image.open(PHOTOS / row["image"]) as im:
+            im.convert("RGB").resize((64, 64)).save(tmp_path / "img" / f"{stem}.jpg")
+        with Image.open(PHOTOS / row["mask"]) as im:
+            im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
+        row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
+        row["id"] = f"tiny/{stem}"
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def make_iharmony_fixture(root, n: int = 3):
+    for sub in ("composite_images", "masks", "real_images"):
+        (root / sub).mkdir(parents=True)
+    names = []
+    for i in range(n):
+        _, real, mask = photo_and_mask(i, 48)
+        composite = real.copy()
+        composite[mask > 0] = np.clip(composite[mask > 0].astype(int) + 40, 0, 255)
+        Image.fromarray(real).save(root / "real_images" / f"a{i:04d}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"a{i:04d}_1.png")
+        Image.fromarray(composite).save(root / "composite_images" / f"a{i:04d}_1_{i + 1}.jpg")
+        names.append(f"a{i:04d}_1_{i + 1}.jpg")
+    (root / "IHD_test.txt").write_text("\n".join(names) + "\n")
+    (root / "labels.txt").write_text(f"{names[0]} person 0\n")
+    return names
