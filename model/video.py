@@ -13,8 +13,8 @@ video; frames from folders alone need `fps`.
 
 Streaming: frames are decoded, harmonized and encoded one at a time (with `curves_every` N, at most N − 1 wait),
 so memory does not grow with the clip. Interrupted (KeyboardInterrupt), the frames done so far are finished
-into a playable file at the partial name (`out.partial.mp4`) and nothing is at `output`; any other failure leaves
-no file. A finished run renames the partial file to `output`.
+into a playable file at the partial name (`out.partial.mp4`; none if no frame was done) and nothing is at
+`output`; any other failure leaves no file. A finished run renames the partial file to `output`.
 """
 
 import time
@@ -131,9 +131,10 @@ def harmonize_video(harmonizer, output, input=None, mask=None, *, foreground=Non
                     scale=None, fps=None, strength: float | None = None, smoothing: float = 0.5,
                     curves_every: int = 1, cut_threshold: float = 0.1, category: str | None = None,
                     codec: str = DEFAULT_CODEC, crf: int | None = DEFAULT_CRF,
-                    progress: Callable[[int], None] | None = None) -> VideoResult:
+                    progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
     """Harmonize a clip into `output` (container from its extension: .mp4, .mkv, .mov, ...) → VideoResult.
-    Bad inputs raise VideoError (a ValueError); `progress(frames)` is called as frames are written."""
+    Bad inputs raise VideoError (a ValueError); `progress(done, total)` is called as frames are written (total:
+    None when the container does not say)."""
     options = VideoOptions(strength, smoothing, curves_every, cut_threshold, category)
     output = Path(output)
     if (input is None) == (foreground is None):
@@ -171,9 +172,12 @@ def harmonize_video(harmonizer, output, input=None, mask=None, *, foreground=Non
                 shots += info.cut and info.curves is not None
                 predictions += info.key
                 if progress is not None:
-                    progress(written)
+                    progress(written, timing.count)
         except KeyboardInterrupt:
-            writer.close()  # a playable file of what was done, at the partial name
+            if writer.frames:
+                writer.close()  # a playable file of what was done, at the partial name
+            else:
+                writer.abort()
             raise
         except BaseException:
             writer.abort()
