@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .curves import MAX_LOG_SLOPE, Curves
+from .curves import Curves
 
 __all__ = ["CurveSmoother", "CutDetector", "Frame", "FrameInfo", "VideoOptions", "background_stats", "flicker",
            "foreground_mean", "harmonize_frames", "knots_from_log_slopes", "log_slopes"]
@@ -77,14 +77,14 @@ class FrameInfo:
 # --- log-slope space ---------------------------------------------------------------------------------------
 def log_slopes(knots: np.ndarray) -> np.ndarray:
     """(..., L + 1) knot heights → (..., L) centred log-slopes: the inverse of model.curves.curve_knots."""
-    slopes = np.maximum(np.diff(knots, axis=-1), 1e-12)
-    z = np.log(slopes)
-    return np.clip(z - z.mean(-1, keepdims=True), -MAX_LOG_SLOPE, MAX_LOG_SLOPE)
+    z = np.log(np.maximum(np.diff(knots, axis=-1), 1e-12))  # a flat piece (float32 rounding) stays finite
+    return z - z.mean(-1, keepdims=True)
 
 
 def knots_from_log_slopes(z: np.ndarray) -> np.ndarray:
-    """(..., L) log-slopes → (..., L + 1) knot heights from 0 to 1 (model.curves.curve_knots, in numpy)."""
-    p = np.exp(np.clip(z, -MAX_LOG_SLOPE, MAX_LOG_SLOPE))
+    """(..., L) log-slopes → (..., L + 1) knot heights from 0 to 1 (model.curves.curve_knots, in numpy, without
+    its clamp: centred log-slopes of the network's curves span up to twice curves.MAX_LOG_SLOPE, all legitimate)."""
+    p = np.exp(z)
     cum = np.concatenate([np.zeros_like(p[..., :1]), p.cumsum(-1)], -1)
     return cum / cum[..., -1:]
 

@@ -342,10 +342,12 @@ def clip_frames(count: int = 30, size: tuple[int, int] = (160, 96), photo: int =
                np.rint(truth).astype(np.uint8))
 
 
-def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18) -> int:
+def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18, rotation: int = 0,
+                aspect: Fraction | None = None, times_ms: list[int] | None = None) -> int:
     """Encode RGB (H, W, 3) or grey (H, W) uint8 frames as H.264 (yuv420p) in `path`'s container, with a stereo
-    AAC tone as long as the video when `audio`; frames are numbered 0, 1, ... in a 1/rate time base. Returns
-    the frame count."""
+    AAC tone as long as the video when `audio`; frames are numbered 0, 1, ... in a 1/rate time base, or stamped
+    `times_ms` (variable frame rate). `rotation` (degrees) and `aspect` (pixel aspect) are written as metadata.
+    Returns the frame count."""
     import av
 
     rate = Fraction(rate)
@@ -353,6 +355,12 @@ def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18) -> int
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=rate)
         video.options = {"crf": str(crf)}
+        if times_ms is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if aspect is not None:
+            video.codec_context.sample_aspect_ratio = aspect
+        if rotation:
+            video.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=48000) if audio else None
         for pixels in frames:
             if pixels.ndim == 2:
@@ -360,12 +368,13 @@ def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18) -> int
             if count == 0:
                 video.width, video.height, video.pix_fmt = pixels.shape[1], pixels.shape[0], "yuv420p"
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-            frame.pts = count
+            frame.pts = count if times_ms is None else times_ms[count]
             out.mux(video.encode(frame))
             count += 1
         out.mux(video.encode(None))
         if sound is not None:
-            samples = int(count / rate * 48000)
+            seconds = count / rate if times_ms is None else (times_ms[-1] + 1000 / rate) / 1000
+            samples = int(seconds * 48000)
             tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
             for start in range(0, samples, 1024):
                 chunk = tone[start:start + 1024]
@@ -376,12 +385,13 @@ def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18) -> int
     return count
 
 
-def make_clip(folder, name: str = "clip", rate=25, audio: bool = True, **frames_options):
+def make_clip(folder, name: str = "clip", rate=25, audio: bool = True, video_options: dict | None = None,
+              **frames_options):
     """A generated clip (clip_frames) written to folder/NAME.mp4 and its mask to folder/NAME_mask.mp4 →
-    (video path, mask path, ground-truth frames list)."""
+    (video path, mask path, masks list, ground-truth frames list). video_options: more write_video keywords."""
     folder = Path(folder)
     frames = list(clip_frames(**frames_options))
     video, mask = folder / f"{name}.mp4", folder / f"{name}_mask.mp4"
-    write_video(video, (c for c, _, _ in frames), rate, audio)
+    write_video(video, (c for c, _, _ in frames), rate, audio, **(video_options or {}))
     write_video(mask, (m for _, m, _ in frames), rate, audio=False)
-    return video, mask, [t for _, _, t in frames]
+    return video, mask, [m for _, m, _ in frames], [t for _, _, t in frames]
