@@ -29,7 +29,7 @@ from .layers import LayerError, compose
 from .temporal import Frame, VideoOptions, harmonize_frames
 from .video_io import Source, StillSource, VideoError, VideoWriter, open_source, snap_mask
 
-__all__ = ["VideoError", "VideoResult", "harmonize_video", "partial_path"]
+__all__ = ["VideoError", "VideoInterrupted", "VideoResult", "harmonize_video", "partial_path"]
 
 DEFAULT_CODEC, DEFAULT_CRF = "libx264", 18  # H.264 plays everywhere; CRF 18 is visually lossless for x264
 
@@ -44,6 +44,14 @@ class VideoResult:
     predictions: int
     seconds: float
     rate: Fraction
+
+
+class VideoInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `partial` is the playable file of the `frames` done (None when none was)."""
+
+    def __init__(self, partial: Path | None, frames: int):
+        super().__init__(f"interrupted after {frames} frames")
+        self.partial, self.frames = partial, frames
 
 
 def partial_path(output: Path) -> Path:
@@ -174,11 +182,11 @@ def harmonize_video(harmonizer, output, input=None, mask=None, *, foreground=Non
                 if progress is not None:
                     progress(written, timing.count)
         except KeyboardInterrupt:
-            if writer.frames:
-                writer.close()  # a playable file of what was done, at the partial name
-            else:
+            if not writer.frames:
                 writer.abort()
-            raise
+                raise VideoInterrupted(None, 0) from None
+            writer.close()  # a playable file of what was done, at the partial name
+            raise VideoInterrupted(partial, writer.frames) from None
         except BaseException:
             writer.abort()
             raise

@@ -395,3 +395,25 @@ def make_clip(folder, name: str = "clip", rate=25, audio: bool = True, video_opt
     write_video(video, (c for c, _, _ in frames), rate, audio, **(video_options or {}))
     write_video(mask, (m for _, m, _ in frames), rate, audio=False)
     return video, mask, [m for _, m, _ in frames], [t for _, _, t in frames]
+
+
+def video_frames(path) -> list[np.ndarray]:
+    """Every frame of the first video stream, RGB uint8."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def video_timing(path) -> dict:
+    """What the output must keep: rate, time base, every frame's pts, duration, size, aspect, rotation, audio."""
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = list(container.decode(video))
+        container.seek(0)
+        audio = [(p.pts, p.dts, bytes(p)) for p in container.demux(*container.streams.audio) if p.dts is not None]
+        return {"rate": video.average_rate, "time_base": video.time_base, "pts": [f.pts for f in frames],
+                "duration": container.duration, "size": (video.width, video.height),
+                "aspect": video.sample_aspect_ratio, "rotation": frames[0].rotation, "audio": audio}

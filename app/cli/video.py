@@ -89,7 +89,7 @@ def add_video_command(commands, model_options: argparse.ArgumentParser, strength
 
 
 def cmd_harmonize_video(args: argparse.Namespace) -> int:
-    from model.video import partial_path
+    from model.video import VideoInterrupted
 
     from .commands import _check_category, _load_harmonizer
 
@@ -108,16 +108,12 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
     output = Path(args.output)
-    done = 0
     with tqdm(unit="frame", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
               disable=None if args.progress is None else not args.progress) as bar:
         def progress(frames: int, total: int | None) -> None:
-            nonlocal done
             if total is not None and bar.total != total:
                 bar.total = total
-                bar.refresh()
-            bar.update(frames - done)
-            done = frames
+            bar.update(frames - bar.n)
 
         try:
             result = harmonizer.harmonize_video(
@@ -125,9 +121,9 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
                 at=args.at, scale=args.scale, fps=args.fps, strength=args.strength, smoothing=args.smoothing,
                 curves_every=args.curves_every, cut_threshold=args.cut_threshold, category=args.category,
                 codec=args.codec, crf=args.crf, progress=progress)
-        except KeyboardInterrupt:
+        except VideoInterrupted as e:
             bar.close()
-            kept = f"the first {done} frames are in {partial_path(output)} (playable)" if done else "no file written"
+            kept = f"the first {e.frames} frames are in {e.partial} (playable)" if e.partial else "no file written"
             sys.stderr.write(f"s2crnet: interrupted: {kept}; nothing at {output}\n")
             return 130
     shots = f"{result.shots} shot{'s' if result.shots != 1 else ''}"

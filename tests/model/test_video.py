@@ -4,10 +4,9 @@ under a constant colour cast, the background's brightness jittering (tests/helpe
 
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
-from helpers import clip_frames, make_clip, real_cutout, write_video
+from helpers import clip_frames, make_clip, real_cutout, video_frames, video_timing, write_video
 from PIL import Image
 
 from model import Harmonizer
@@ -30,30 +29,13 @@ def harmonizer() -> Harmonizer:
     return Harmonizer.load(device="cpu")
 
 
-def decoded(path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def timing(path) -> dict:
-    """What the output must keep: rate, time base, every frame's pts, duration, size, aspect, rotation, audio."""
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        frames = list(container.decode(video))
-        container.seek(0)
-        audio = [(p.pts, p.dts, bytes(p)) for p in container.demux(audio=0) if p.dts is not None]
-        return {"rate": video.average_rate, "time_base": video.time_base, "pts": [f.pts for f in frames],
-                "duration": container.duration, "size": (video.width, video.height),
-                "aspect": video.sample_aspect_ratio, "rotation": frames[0].rotation, "audio": audio}
-
-
 @pytest.mark.parametrize("rate", [Fraction(30000, 1001), Fraction(25)], ids=["29.97fps", "25fps"])
 def test_output_keeps_timing_metadata_and_audio(harmonizer, tmp_path, rate):
     video, mask, _, _ = make_clip(tmp_path, rate=rate, count=24, video_options={"rotation": 90,
                                                                                  "aspect": Fraction(4, 3)})
     out = tmp_path / "out.mp4"
     result = harmonizer.harmonize_video(out, video, mask, curves_every=2)
-    before, after = timing(video), timing(out)
+    before, after = video_timing(video), video_timing(out)
     assert result.frames == 24 and result.rate == rate and result.predictions == 13
     assert after["rate"] == rate and len(after["pts"]) == 24
     assert after == before  # same pts in the same time base, duration, size, aspect, rotation, audio packets
@@ -66,8 +48,8 @@ def test_variable_frame_rate_keeps_every_timestamp(harmonizer, tmp_path):
     video, mask, _, _ = make_clip(tmp_path, count=len(times), video_options={"times_ms": times})
     out = tmp_path / "vfr.mp4"
     harmonizer.harmonize_video(out, video, mask)
-    assert timing(out)["pts"] == timing(video)["pts"]
-    assert timing(out)["audio"] == timing(video)["audio"]
+    assert video_timing(out)["pts"] == video_timing(video)["pts"]
+    assert video_timing(out)["audio"] == video_timing(video)["audio"]
 
 
 def test_strength_zero_is_a_plain_re_encode(harmonizer, tmp_path):
@@ -75,19 +57,19 @@ def test_strength_zero_is_a_plain_re_encode(harmonizer, tmp_path):
     video, mask, _, _ = make_clip(tmp_path, count=6, audio=False)
     out, plain = tmp_path / "same.mp4", tmp_path / "plain.mp4"
     harmonizer.harmonize_video(out, video, mask, strength=0)
-    write_video(plain, decoded(video), audio=False)
-    difference = np.abs(np.stack(decoded(out)).astype(int) - np.stack(decoded(plain)))
+    write_video(plain, video_frames(video), audio=False)
+    difference = np.abs(np.stack(video_frames(out)).astype(int) - np.stack(video_frames(plain)))
     assert difference.mean() < 0.2
 
 
 def test_smoothing_lowers_the_flicker_figure(harmonizer, tmp_path):
     video, mask, masks, _ = make_clip(tmp_path, rate=Fraction(30000, 1001), count=30)
-    before = flicker(foreground_mean(frame, m) for frame, m in zip(decoded(video), masks, strict=True))
+    before = flicker(foreground_mean(frame, m) for frame, m in zip(video_frames(video), masks, strict=True))
     figures = {}
     for smoothing in (0.0, 0.5):
         out = tmp_path / f"smooth{smoothing}.mp4"
         harmonizer.harmonize_video(out, video, mask, smoothing=smoothing)
-        after = flicker(foreground_mean(frame, m) for frame, m in zip(decoded(out), masks, strict=True))
+        after = flicker(foreground_mean(frame, m) for frame, m in zip(video_frames(out), masks, strict=True))
         figures[smoothing] = after - before
     assert figures[0.0] > 0.05  # per-frame curves follow the background's jitter
     assert figures[0.5] < figures[0.0] / 2
@@ -149,7 +131,7 @@ def test_layer_form_on_a_background_video(harmonizer, tmp_path):
     out = tmp_path / "layer.mp4"
     result = harmonizer.harmonize_video(out, foreground=folder, background=background, at=(30, 20))
     assert result.frames == 10
-    before, after = timing(background), timing(out)
+    before, after = video_timing(background), video_timing(out)
     assert after == before
-    frames, plain = decoded(out), decoded(background)
+    frames, plain = video_frames(out), video_frames(background)
     assert np.abs(frames[0][30:50, 30:60].astype(int) - plain[0][30:50, 30:60]).mean() > 5  # the cutout is there
