@@ -27,6 +27,7 @@ __all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "
 log = logging.getLogger(__name__)
 MASK_NOISE = 8  # levels: what an 8-bit 4:2:0 encode of a black/white matte typically wanders by
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+MAX_CRF = 63  # the widest constant-rate-factor scale of PyAV's encoders (VP9's; x264's ends at 51)
 HD_LINES = 720  # from here up an untagged video is BT.709 to players, below it BT.601
 BT709, BT601 = (1,), (5, 6)  # FFmpeg's AVColorSpace codes of each matrix (BT.601: BT470BG, SMPTE170M)
 MODES = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray"}  # what a source yields → PyAV's pixel format
@@ -187,6 +188,8 @@ class VideoWriter:
         except (av.FFmpegError, ValueError):
             raise VideoError(f"codec: this FFmpeg build has no {codec!r} encoder (libx264 and libvpx-vp9 "
                              "are in PyAV's wheels)") from None
+        if crf is not None and not 0 <= crf <= MAX_CRF:
+            raise VideoError(f"crf: must be from 0 (best) to 51 (x264) or {MAX_CRF} (VP9), got {crf}")
         if width % 2 or height % 2:
             raise VideoError(f"the video is {width}×{height}: 4:2:0 encoding needs an even width and height")
         try:

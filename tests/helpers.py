@@ -172,6 +172,20 @@ def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)
 
 
+def interrupt_when(command: list[str], pattern: bytes, timeout: float = 60) -> tuple[int, str]:
+    """Run `command` (from the repository root), send SIGINT once its stderr matches `pattern` (say, a progress
+    bar past its first item), wait → (exit code, all of its stderr)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while not re.search(pattern, seen):
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"the run ended before it could be interrupted: {seen.decode(errors='replace')}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, (seen + stderr).decode(errors="replace")
+
+
 # --- real images ----------------------------------------------------------------------------------------
 def sample_names() -> list[str]:
     """The iHarmony4 sample composites, e.g. 'a0041_1_5' (their masks are masks/a0041_1.png)."""

@@ -36,13 +36,6 @@ def _rate(text: str) -> Fraction:
     return value
 
 
-def _crf(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 63:
-        raise argparse.ArgumentTypeError(f"must be from 0 (lossless) to 51 (x264) or 63 (VP9), got {value}")
-    return value
-
-
 def add_video_command(commands, model_options: argparse.ArgumentParser, strength, point, positive_int) -> None:
     """Register `harmonize-video` (the argument types are the parser's own: strength, X,Y point, count)."""
     from model.temporal import VideoOptions
@@ -81,7 +74,7 @@ def add_video_command(commands, model_options: argparse.ArgumentParser, strength
     look.add_argument("--category", help="the object's category, if the model is semantic")
     encode = video.add_argument_group("encoding")
     encode.add_argument("--codec", default=DEFAULT_CODEC, help=f"video encoder (default {DEFAULT_CODEC}: H.264)")
-    encode.add_argument("--crf", type=_crf, default=DEFAULT_CRF,
+    encode.add_argument("--crf", type=int, default=DEFAULT_CRF,
                         help=f"constant rate factor: lower is better and bigger (default {DEFAULT_CRF})")
     encode.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: only on a terminal)")

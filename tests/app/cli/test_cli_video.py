@@ -1,15 +1,13 @@
 """`s2crnet harmonize-video`, run for real in a subprocess on generated clips (H.264 + AAC, tests/helpers)."""
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from helpers import REPO, make_clip, real_cutout, video_frames, video_timing
+from helpers import REPO, interrupt_when, make_clip, real_cutout, video_frames, video_timing
 
 S2CRNET = Path(sys.executable).parent / "s2crnet"
 SUMMARY = re.compile(r"(\d+) frames \((\d+) shots?, (\d+) curve predictions\) in [\d.]+ s \([\d.]+ frames/s\)")
@@ -89,17 +87,9 @@ def test_layer_form_from_frames_on_an_image(tmp_path):
 def test_interrupt_leaves_a_playable_partial_file(tmp_path):
     video, mask, _, _ = make_clip(tmp_path, count=90)
     out = tmp_path / "out.mp4"
-    process = subprocess.Popen([str(S2CRNET), "harmonize-video", str(video), "--mask", str(mask), "-o", str(out),
-                                "--progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = b""
-    while not re.search(rb"[1-9]\d*/90 \[", seen):  # interrupt once the first frames are done
-        chunk = os.read(process.stderr.fileno(), 4096)
-        assert chunk, f"the run ended before it could be interrupted: {seen.decode(errors='replace')}"
-        seen += chunk
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    stderr = (seen + stderr).decode(errors="replace")
-    assert process.returncode == 130, stderr
+    command = [str(S2CRNET), "harmonize-video", str(video), "--mask", str(mask), "-o", str(out), "--progress"]
+    returncode, stderr = interrupt_when(command, rb"[1-9]\d*/90 \[")  # once the first frames are done
+    assert returncode == 130, stderr
     partial = tmp_path / "out.partial.mp4"
     assert "s2crnet: interrupted: the first" in stderr and f"frames are in {partial} (playable)" in stderr, stderr
     assert not out.exists() and "Traceback" not in stderr
