@@ -123,6 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from app.cli.video import torch_threads
+
+    torch.set_num_threads(torch_threads())  # as `s2crnet harmonize-video` does
     harmonizer = Harmonizer.load(device="cpu")
     say(f"torch threads {torch.get_num_threads()}, weights {harmonizer.weights_path.name}")
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .files import CliError
+from .files import CliError, cpu_cores
 
-__all__ = ["add_video_command", "cmd_harmonize_video"]
+__all__ = ["add_video_command", "cmd_harmonize_video", "torch_threads"]
 
 
 def _seconds(text: str) -> float:
@@ -34,6 +34,12 @@ def _rate(text: str) -> Fraction:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
+
+
+def torch_threads() -> int:
+    """Threads for the forward passes: half the cores, since the decoder's and encoder's own threads run beside
+    them (two OpenMP threads on a 2-core machine wait on each other whenever a codec thread takes a core)."""
+    return max(1, cpu_cores() // 2)
 
 
 def add_video_command(commands, model_options: argparse.ArgumentParser, strength, point, positive_int) -> None:
@@ -100,6 +106,9 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
             raise CliError(f"{name}: {path} does not exist")
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
+    import torch
+
+    torch.set_num_threads(torch_threads())
     output = Path(args.output)
     with tqdm(unit="frame", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
               disable=None if args.progress is None else not args.progress) as bar:

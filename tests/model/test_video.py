@@ -120,6 +120,17 @@ def test_masks_from_a_folder_and_a_frame_count_mismatch(harmonizer, tmp_path):
     assert not (tmp_path / "bad.mp4").exists() and not partial_path(tmp_path / "bad.mp4").exists()
 
 
+def test_mask_of_another_size_is_a_clear_error(harmonizer, tmp_path):
+    video, _, masks, _ = make_clip(tmp_path, count=3, audio=False)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray(m).resize((80, 48)).save(folder / f"m{i}.png")
+    with pytest.raises(VideoError, match="mask: frame 0 is 80×48, but the video is 160×96"):
+        harmonizer.harmonize_video(tmp_path / "bad.mp4", video, folder)
+    assert list(tmp_path.glob("bad*")) == []
+
+
 def test_layer_form_on_a_background_video(harmonizer, tmp_path):
     """An RGBA frame folder placed on a background video: the output has the background's clock and sound."""
     background = tmp_path / "bg.mp4"
