@@ -13,7 +13,8 @@ ground truth (the frame without the cast), per frame, averaged — do nothing (t
 Throughput: the same kind of clip at 640×360, 1280×720 and 1920×1080; frames/s of harmonize_video (model
 loaded once, outside the timing) with --curves-every 1 and 4, and of the floor measured in the same run: decode
 the clip and encode it again with the same encoder settings and audio copy, no model (model.video_io's source and
-writer). Each figure is the best of `--repeat` runs: other processes on a small machine only slow them.
+writer). Each figure is the best of `--repeat` runs (default 3, taking turns): other processes on a small
+machine only slow them.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,27 +90,29 @@ def floor(video: Path, out: Path) -> int:
     return writer.frames
 
 
-def best_rate(run, frames: int, repeat: int) -> float:
-    best = float("inf")
+def best_rates(runs: list, frames: int, repeat: int) -> list[float]:
+    """frames/s of each run, best of `repeat`; the runs take turns, so a burst of other load hits them alike."""
+    best = [float("inf")] * len(runs)
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return frames / best
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [frames / seconds for seconds in best]
 
 
 def throughput(harmonizer: Harmonizer, folder: Path, frames: int, repeat: int) -> None:
     say(f"\nThroughput: {frames} frames, 29.97 fps, H.264 CRF {DEFAULT_CRF} + AAC copied; frames/s, best of "
-          f"{repeat}")
+        f"{repeat}")
     say("size | floor: decode + re-encode | harmonize (curves every 1) | harmonize (curves every 4)")
     for width, height in SIZES:
         video, mask, _, _ = make_clip(folder, f"t{width}", RATE, count=frames, size=(width, height))
         out = folder / f"t{width}_out.mp4"
-        plain = best_rate(lambda: floor(video, out), frames, repeat)  # noqa: B023 - called at once
-        every = [best_rate(lambda n=n: harmonizer.harmonize_video(out, video, mask, curves_every=n),  # noqa: B023
-                           frames, repeat) for n in (1, 4)]
-        say(f"{width}×{height} | {plain:.1f} | {every[0]:.1f} ({every[0] / plain:.0%}) | "
-              f"{every[1]:.1f} ({every[1] / plain:.0%})")
+        runs = [partial(floor, video, out)] + [partial(harmonizer.harmonize_video, out, video, mask, curves_every=n)
+                                                for n in (1, 4)]
+        plain, every1, every4 = best_rates(runs, frames, repeat)
+        say(f"{width}×{height} | {plain:.1f} | {every1:.1f} ({every1 / plain:.0%}) | "
+            f"{every4:.1f} ({every4 / plain:.0%})")
 
 
 def main() -> None:
@@ -117,7 +121,7 @@ def main() -> None:
     parser.add_argument("--photos", default="0,1,2,3", help="photo indices of the shared manifest (default 0-3)")
     parser.add_argument("--quality-size", default="320x192", help="quality clips' size (default 320x192)")
     parser.add_argument("--throughput-frames", type=int, default=60, help="frames per throughput clip (60)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per throughput figure, best kept (2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per throughput figure, best kept (3)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 under a constant colour cast, the background's brightness jittering (tests/helpers.clip_frames), really encoded
 (H.264 + AAC) and decoded with PyAV."""
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -94,6 +95,21 @@ def test_empty_mask_passes_through_and_restarts(harmonizer):
     assert run[3][2].curves is None and np.array_equal(run[3][1], frames[3].image)
     assert [info.index for _, _, info in run if info.cut] == [0, 3, 4]
     assert [info.index for _, _, info in run if info.key] == [0, 2, 4, 5]  # every shot ends on a prediction
+
+
+def test_frames_stream_with_a_bounded_look_ahead(harmonizer):
+    """An endless clip: outputs come while it plays, having read at most curves_every − 1 frames ahead."""
+    base = [(c, m) for c, m, _ in clip_frames(count=3)]
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            yield Frame(*base[i % 3], i / 25)
+
+    outputs = list(itertools.islice(harmonize_frames(harmonizer, endless(), VideoOptions(curves_every=3)), 7))
+    assert [info.index for _, _, info in outputs] == list(range(7))
+    assert len(pulled) <= 7 + 2
 
 
 def test_smoothed_curves_stay_monotone_with_fixed_ends():
