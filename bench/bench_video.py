@@ -101,11 +101,11 @@ def best_rates(runs: list, frames: int, repeat: int) -> list[float]:
     return [frames / seconds for seconds in best]
 
 
-def throughput(harmonizer: Harmonizer, folder: Path, frames: int, repeat: int) -> None:
+def throughput(harmonizer: Harmonizer, folder: Path, frames: int, repeat: int, sizes=SIZES) -> None:
     say(f"\nThroughput: {frames} frames, 29.97 fps, H.264 CRF {DEFAULT_CRF} + AAC copied; frames/s, best of "
         f"{repeat}")
     say("size | floor: decode + re-encode | harmonize (curves every 1) | harmonize (curves every 4)")
-    for width, height in SIZES:
+    for width, height in sizes:
         video, mask, _, _ = make_clip(folder, f"t{width}", RATE, count=frames, size=(width, height))
         out = folder / f"t{width}_out.mp4"
         runs = [partial(floor, video, out)] + [partial(harmonizer.harmonize_video, out, video, mask, curves_every=n)
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--quality-size", default="320x192", help="quality clips' size (default 320x192)")
     parser.add_argument("--throughput-frames", type=int, default=60, help="frames per throughput clip (60)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput figure, best kept (3)")
+    parser.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES),
+                        help="throughput sizes (default 640x360,1280x720,1920x1080)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -137,7 +139,8 @@ def main() -> None:
             size = tuple(int(v) for v in args.quality_size.split("x"))
             quality(harmonizer, Path(tmp), [int(p) for p in args.photos.split(",")], args.frames, size)
         if not args.skip_throughput:
-            throughput(harmonizer, Path(tmp), args.throughput_frames, args.repeat)
+            sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+            throughput(harmonizer, Path(tmp), args.throughput_frames, args.repeat, sizes)
 
 
 if __name__ == "__main__":
