@@ -19,7 +19,7 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prepared", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
+__all__ = ["Prediction", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
            "with_deadline"]
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack
 
 
 @dataclass
-class Prepared:
+class Prediction:
     """A request's decoded input and its predicted curves, ready to render."""
 
     decoded: imaging.Decoded  # the composite, or for layer input the background with the foreground placed on it
@@ -169,7 +169,7 @@ class Prepared:
 
 
 async def predict(service: Service, timings: dict, form: InputForm, category: str | None, strength: float | None,
-                  stack: AsyncExitStack) -> Prepared:
+                  stack: AsyncExitStack) -> Prediction:
     """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
     the curves at the request's strength."""
     service.preparing += 1
@@ -195,23 +195,23 @@ async def predict(service: Service, timings: dict, form: InputForm, category: st
             job.future.cancel()
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
-    return Prepared(decoded, mask_image, curves.with_strength(strength), layered)
+    return Prediction(decoded, mask_image, curves.with_strength(strength), layered)
 
 
-async def render_and_encode(service: Service, timings: dict, prepared: Prepared, output: str, format: str | None,
+async def render_and_encode(service: Service, timings: dict, prediction: Prediction, output: str, format: str | None,
                             quality: int | None, accepted: list[str] | None) -> tuple[bytes, str]:
     """Render the curves at full size (output=layer: only the foreground's pixels, the flattened image is never
     rendered) and encode → (body, media type). The client's Accept beats our default format."""
     with service.stage(timings, "render"):
         if output == "layer":
-            out = await service.run_blocking(cut_layer, prepared.layered, prepared.curves.lut())
+            out = await service.run_blocking(cut_layer, prediction.layered, prediction.curves.lut())
         else:
-            out = await service.run_blocking(service.harmonizer.render, prepared.decoded.image, prepared.mask,
-                                             prepared.curves)
+            out = await service.run_blocking(service.harmonizer.render, prediction.decoded.image, prediction.mask,
+                                             prediction.curves)
     if output == "layer":
         fmt = format or "png"
     else:
-        fmt = imaging.output_format_for(format, prepared.decoded.format, out.mode == "RGBA")
+        fmt = imaging.output_format_for(format, prediction.decoded.format, out.mode == "RGBA")
     if accepted is not None and fmt not in accepted:
         keeps_alpha = [f for f in accepted if f != "jpeg"] if output == "layer" else accepted
         if not keeps_alpha:
@@ -220,7 +220,7 @@ async def render_and_encode(service: Service, timings: dict, prepared: Prepared,
     settings = service.settings
     with service.stage(timings, "encode"):
         return await service.run_blocking(imaging.encode, out, fmt, quality or settings.default_quality,
-                                          settings.png_compress_level, prepared.decoded.icc_profile)
+                                          settings.png_compress_level, prediction.decoded.icc_profile)
 
 
 def _raise_first(outcomes: list) -> None:

@@ -67,9 +67,9 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
 
     async def work():
         async with AsyncExitStack() as stack:
-            prepared = await predict(service, timings, form, category, strength, stack)
-            mismatch.update(prepared.curves.mismatch)
-            return await render_and_encode(service, timings, prepared, output, format, quality, accepted)
+            prediction = await predict(service, timings, form, category, strength, stack)
+            mismatch.update(prediction.curves.mismatch)
+            return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
 
     body, media_type = await with_deadline(service, request, work())
     headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),

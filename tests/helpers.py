@@ -171,6 +171,14 @@ def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)
 
 
+def doc_section(path: str, name: str) -> str:
+    """The text of `<!-- section: NAME -->` in the repository file `path`, up to the next section marker."""
+    text = (REPO / path).read_text()
+    start = text.index(f"<!-- section: {name} -->")
+    end = text.find("<!-- section:", start + 1)
+    return text[start: end if end != -1 else None]
+
+
 # --- real images ----------------------------------------------------------------------------------------
 def sample_names() -> list[str]:
     """The iHarmony4 sample composites, e.g. 'a0041_1_5' (their masks are masks/a0041_1.png)."""

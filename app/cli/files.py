@@ -69,7 +69,7 @@ def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes 
 
 
 @dataclass
-class Job:
+class FolderJob:
     composite: Path
     mask: Path
     output: Path
@@ -111,7 +111,7 @@ def decode_file(path: Path, what: str, composite: bool):
         raise CliError(f"{path}: {e.detail}") from None
 
 
-def load_job(harmonizer, job: Job) -> Prepared:
+def load_job(harmonizer, job: FolderJob) -> Prepared:
     """Decode, validate and thumbnail one pair (runs in a worker thread)."""
     start = time.perf_counter()
     image, mask, icc_profile = decode_pair(job.composite, job.mask)

@@ -285,9 +285,9 @@ def test_bad_layer_input_gets_its_422(server, cutout, background, index):
 
 # --- the README's ffmpeg recipe ---------------------------------------------------------------------------------
 def _readme_ffmpeg_command() -> str:
-    readme = (REPO / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "maskedmerge" in b]
-    assert len(blocks) == 1, "the README needs one ```bash block with the lut1d + maskedmerge recipe"
+    reference = (REPO / "docs" / "API.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", reference, re.S) if "maskedmerge" in b]
+    assert len(blocks) == 1, "docs/API.md needs one ```bash block with the lut1d + maskedmerge recipe"
     lines = [line for line in blocks[0].replace("\\\n", " ").splitlines() if line.startswith("ffmpeg ")]
     assert len(lines) == 1
     return lines[0]
