@@ -28,13 +28,11 @@ TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed m
 
 
 def check_category(service: Service, category: str | None) -> str | None:
-    if not category:
-        return None
-    known = service.harmonizer.config.categories
-    if category not in known:
-        raise ApiError(422, "unknown_category", f"category {category[:64]!r} is not one the model knows: "
-                       f"{', '.join(known)}")
-    return category
+    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
+    try:
+        return service.harmonizer.config.check_category(category or None)
+    except ValueError as e:
+        raise ApiError(422, "unknown_category", str(e)) from None
 
 
 def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):

@@ -120,10 +120,7 @@ class S2CRNet(nn.Module):
                                   for _ in range(config.stages))
 
     def category_index(self, category: str | None) -> int:
-        category = UNKNOWN if category is None else category
-        if category not in self.config.categories:
-            raise ValueError(f"unknown category {category!r}; known: {', '.join(self.config.categories)}")
-        return self.config.categories.index(category)
+        return self.config.categories.index(self.config.check_category(category) or UNKNOWN)
 
     def forward_features(self, thumbs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """thumbs: (B, 8, S, S) from model.thumbnails → foreground and background embeddings (B, D) each."""

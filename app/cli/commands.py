@@ -45,9 +45,10 @@ def _load_harmonizer(args: argparse.Namespace):
 
 
 def _check_category(harmonizer, category: str | None) -> None:
-    if category is not None and category not in harmonizer.config.categories:
-        known = ", ".join(harmonizer.config.categories)
-        raise CliError(f"unknown category {category!r}; this model knows: {known}")
+    try:
+        harmonizer.config.check_category(category)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_harmonize(args: argparse.Namespace) -> int:
