@@ -269,12 +269,12 @@ function drawCurves() {
     path.setAttribute("points", points);
     path.setAttribute("fill", "none");
     path.setAttribute("stroke", colour);
-    path.setAttribute("stroke-width", "1.5");
+    path.setAttribute("stroke-width", "2");
     if (dashed) path.setAttribute("stroke-dasharray", "6 4");
     svg.append(path);
   };
   line("0,255 255,0", "#777", true);
-  ["#d22", "#1a1", "#23d"].forEach((colour, c) => {
+  ["#e0302a", "#23a03a", "#2a5bd7"].forEach((colour, c) => {
     line(Array.from(state.curves[c], (y, v) => `${v},${(255 - 255 * y).toFixed(2)}`).join(" "), colour, false);
   });
 }

@@ -212,6 +212,23 @@ def test_api_errors_are_shown_as_the_api_sentence(page, tmp_path):
     assert error.text.startswith("the mask selects nothing")
 
 
+def test_every_control_is_labelled_and_the_page_reflows_at_200_percent_zoom(page):
+    unlabelled = page.execute_script("""
+        return [...document.querySelectorAll('input, select, button, canvas[tabindex]')].filter((e) =>
+            !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()
+        ).map((e) => e.id || e.outerHTML);""")
+    assert unlabelled == []
+    assert page.execute_script("return document.querySelectorAll('[tabindex=\"-1\"]').length") == 0
+    page.find_element("id", "mode-layer").click()
+    size = page.get_window_size()
+    try:
+        page.set_window_size(640, size["height"])  # 1280 px at 200% zoom: the same CSS width
+        overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{overflow} px of horizontal scrolling at 200% zoom"
+    finally:
+        page.set_window_size(size["width"], size["height"])
+
+
 def test_a_4096_square_upload_shows_progress_and_downloads_full_size(page, tmp_path):
     side = 4096
     ramp = np.linspace(40, 215, side, dtype=np.float32)
