@@ -149,6 +149,9 @@ def test_composite_and_mask_render_in_the_page_as_the_api_does(page, page_server
 
 def test_a_mask_painted_with_the_brush_is_the_mask_the_api_gets(page, page_server, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
 
     composite, _ = real_pair(320, 240, index=1)
     composite_path = _write(tmp_path, "comp.png", composite, "PNG")
@@ -158,8 +161,13 @@ def test_a_mask_painted_with_the_brush_is_the_mask_the_api_gets(page, page_serve
     width = canvas.rect["width"]
     (ActionChains(page).move_to_element_with_offset(canvas, -width // 6, 0).click_and_hold()
      .move_by_offset(width // 6, 10).move_by_offset(width // 6, -10).release().perform())
+    by_mouse = (_canvas(page, "mask-canvas")[..., 0] > 128).sum()
+    touch = ActionBuilder(page, mouse=PointerInput(interaction.POINTER_TOUCH, "finger"))
+    touch.pointer_action.move_to(canvas, 0, -canvas.rect["height"] // 4).pointer_down().move_by(width // 5, 0)
+    touch.pointer_action.pointer_up()
+    touch.perform()
     painted = _canvas(page, "mask-canvas")[..., 0]
-    assert 0 < (painted > 128).mean() < 0.5  # a stroke, not nothing and not everything
+    assert 0 < by_mouse < (painted > 128).sum() < 0.5 * painted.size  # two strokes, not everything
     _run(page)
     served = _server_render(page_server.url, {"composite": composite_path.read_bytes(),
                                               "mask": encode(Image.fromarray(painted.astype(np.uint8)), "PNG")}, {})
