@@ -68,6 +68,7 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
     async def work():
         async with AsyncExitStack() as stack:
             prediction = await predict(service, timings, form, category, strength, stack)
+            request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
             mismatch.update(prediction.curves.mismatch)
             return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
 
@@ -96,7 +97,9 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
 
     async def work():
         async with AsyncExitStack() as stack:
-            return (await predict(service, timings, form, category, strength, stack)).curves
+            prepared = await predict(service, timings, form, category, strength, stack)
+            request.state.image_size = prepared.decoded.image.size  # for the access line (app.logs)
+            return prepared.curves
 
     result = await with_deadline(service, request, work())
     total = time.perf_counter() - start

@@ -19,7 +19,7 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .settings import Settings
 
-__all__ = ["Service", "configure_logging", "start", "stop"]
+__all__ = ["Service", "start", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,6 @@ class Service:
             await asyncio.sleep(0.05)
         if self.in_flight:
             log.warning("drain timeout: %d requests still in flight", self.in_flight)
-
-
-def configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("app", "model"):
-        logging.getLogger(name).setLevel(level.upper())
 
 
 def start(service: Service) -> None:

@@ -3,15 +3,17 @@
 The README's configuration table is checked against these fields by tests/service/test_service_readme.py.
 """
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
 MIB = 1024 * 1024
+_ORIGIN = re.compile(r"https?://[^/\s,]+")  # scheme://host[:port], as a browser sends it in `Origin`
 
 
 class Settings(BaseSettings):
@@ -42,6 +44,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256)
     api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line, for log pipelines
+    # Origins (comma-separated) whose pages may call the API from a browser; `*` = any. Unset: no CORS headers.
+    cors_origins: Annotated[list[str] | None, NoDecode] = None
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -70,7 +75,25 @@ class Settings(BaseSettings):
                              "other characters never match reliably)")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _lower_case_level(cls, value):
+    def _lower_case(cls, value):
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated_origins(cls, value):
+        if isinstance(value, str):
+            value = [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value or None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, value: list[str] | None) -> list[str] | None:
+        # A browser's Origin is scheme://host[:port] with no path or trailing slash; anything else would never
+        # match, and the API would look broken from that page without a word, so it fails at start-up.
+        for origin in value or []:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port] (no path, no trailing "
+                                 "slash) or *")
+        return value

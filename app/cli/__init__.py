@@ -22,6 +22,7 @@ from importlib import metadata
 
 from PIL import Image
 
+from ..logs import configure_logging
 from .commands import cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error
@@ -196,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     warnings.showwarning = _one_line_warning
     quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
-    logging.basicConfig(level=logging.WARNING if quiet_by_default and not args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning" if quiet_by_default and not args.verbose else "info")
     from app.startup import StartupError
 
     try:
