@@ -38,6 +38,13 @@ class ModelConfig:
             raise ValueError(f"categories must include {UNKNOWN!r}")
         object.__setattr__(self, "categories", tuple(self.categories))
 
+    def category_index(self, category: str | None) -> int:
+        """The index of `category` in the vocabulary (None = unknown); ValueError naming the known ones."""
+        category = UNKNOWN if category is None else category
+        if category not in self.categories:
+            raise ValueError(f"unknown category {category!r}; known: {', '.join(self.categories)}")
+        return self.categories.index(category)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["categories"] = list(self.categories)
