@@ -241,7 +241,9 @@ def run(settings: Settings) -> None:
     """Load the weights (StartupError: one line, exit 2 or 3, before anything listens), then serve with
     uvicorn until SIGTERM/SIGINT, drain and exit."""
     application = create_app(settings)
-    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device)
+    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device,
+                                                                   runtime=settings.runtime,
+                                                                   threads=settings.torch_threads)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
                             http=guarded_protocol(settings.header_timeout_s, settings.max_connections))

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,7 +73,9 @@ def export_onnx(weights: Path, out: Path, batch: int = 0) -> Path:
         example += (torch.zeros(batch or 2, dtype=torch.int64),)
         names.append("categories")
     dynamic = {name: {0: "batch"} for name in [*names, "knots"]} if not batch else None
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # The tracer warns about Python numbers (padding sizes, quantile targets): constants for a fixed thumb.
+        warnings.simplefilter("ignore")
         traced = Path(scratch) / "net.onnx"
         torch.onnx.export(module, example, str(traced), dynamo=False, input_names=names, output_names=["knots"],
                           dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True)
