@@ -41,7 +41,11 @@ class WeightsError(RuntimeError):
 
 
 def installed(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
+    """Whether `package` can be imported, without importing it (torch alone takes seconds and ~300 MB)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
+        return False
 
 
 def read_weights(path: Path) -> bytes:
