@@ -5,13 +5,13 @@ One thumbnail tensor per image, (8, S, S) float in [0, 1]:
   [4:7] the whole composite resized,                            [7] the mask over the whole image.
 The network multiplies them into the paper's inputs: composite × mask and composite × (1 − mask).
 `thumbnail_array` is numpy (what serving uses, with either runtime); `make_thumbnails` is the same as a tensor,
-for training, and imports torch only when called.
+for training, and importing it imports torch.
 """
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["foreground_histogram", "make_thumbnails", "thumbnail_array", "THUMB_CHANNELS"]
+__all__ = ["foreground_histogram", "thumbnail_array", "THUMB_CHANNELS"]  # + make_thumbnails (torch, lazily)
 
 THUMB_CHANNELS = 8
 _REDUCING_GAP = 2.0  # lets Pillow box-reduce huge images before the antialiased resize: fast and still smooth
@@ -39,11 +39,22 @@ def thumbnail_array(image: Image.Image, mask: Image.Image, size: int) -> np.ndar
     return stacked.astype(np.float32) / np.float32(255.0)
 
 
-def make_thumbnails(image: Image.Image, mask: Image.Image, size: int):
+def _make_thumbnails(image: Image.Image, mask: Image.Image, size: int):
     """thumbnail_array as a torch tensor (8, size, size) float32, for training."""
     import torch
 
     return torch.from_numpy(thumbnail_array(image, mask, size))
+
+
+def __getattr__(name: str):
+    """`make_thumbnails` imports torch when it is imported (training code, at the top of its module), not at its
+    first call: a call measured for time or memory then costs only the thumbnails."""
+    if name == "make_thumbnails":
+        import torch  # noqa: F401
+
+        _make_thumbnails.__name__ = _make_thumbnails.__qualname__ = "make_thumbnails"
+        return _make_thumbnails
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def foreground_histogram(thumbs) -> np.ndarray:
