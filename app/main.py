@@ -103,7 +103,9 @@ def run(settings: Settings) -> None:
     uvicorn until SIGTERM/SIGINT, drain and exit."""
     configure_logging(settings.log_level, settings.log_format)
     application = create_app(settings)
-    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device)
+    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device,
+                                                                   runtime=settings.runtime,
+                                                                   threads=settings.torch_threads)
     # log_config=None: uvicorn's lines go through app.logs like ours (its access log is replaced by ours)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False,

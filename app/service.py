@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from PIL import Image
 
 import model
@@ -73,8 +73,9 @@ def start(service: Service) -> None:
     Image.MAX_IMAGE_PIXELS = settings.max_pixels  # Pillow's own bomb check: a second fence behind ours
     if settings.release_memory and not memory.tune_allocator():
         log.info("not glibc: the allocator is left as it is")
-    torch.set_num_threads(settings.torch_threads)
-    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device)  # run() loads first
+    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device, runtime=settings.runtime,
+                                                       threads=settings.torch_threads)  # run() loads first
+    harmonizer.set_threads(settings.torch_threads)
     service.harmonizer = harmonizer
     service.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="s2crnet-work")
     metrics = service.metrics
@@ -87,7 +88,7 @@ def start(service: Service) -> None:
                               settings.max_delay_ms / 1000, settings.max_queue, on_batch,
                               more_coming=lambda: service.preparing > 0)
     start = time.perf_counter()
-    blank = torch.zeros(8, harmonizer.config.thumb, harmonizer.config.thumb)
+    blank = np.zeros((8, harmonizer.config.thumb, harmonizer.config.thumb), np.float32)
     for size in sorted({1, settings.max_batch_size}):
         harmonizer.curves_from_thumbnails([blank] * size)
     warm_image, warm_mask = Image.new("RGB", (64, 64), (90, 120, 150)), Image.new("L", (64, 64), 0)
@@ -99,11 +100,12 @@ def start(service: Service) -> None:
     metrics.in_flight.set_function(lambda: service.in_flight)
     info = harmonizer.info()
     metrics.model.info({"name": service.model_name, "backbone": info["backbone"], "device": info["device"],
+                        "runtime": info["runtime"],
                         "weights": harmonizer.weights_path.name if harmonizer.weights_path else "",
                         "sha256": info["sha256"] or "", "version": model.__version__})
     service.ready = True
-    log.info("ready: model %s (%d parameters) on %s, weights %s, sha256 %s, warm-up %.0f ms",
-             service.model_name, info["parameters"], info["device"], info["weights"], info["sha256"],
+    log.info("ready: model %s (%d parameters) with %s on %s, weights %s, sha256 %s, warm-up %.0f ms",
+             service.model_name, info["parameters"], info["runtime"], info["device"], info["weights"], info["sha256"],
              (time.perf_counter() - start) * 1000)
 
 

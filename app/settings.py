@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     weights: Path | None = None  # weights file; unset or empty = the shipped default weights
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when a GPU is available, else cpu
+    # What predicts the curves: auto = onnxruntime on the CPU when installed and the weights' .onnx export is
+    # beside them, else PyTorch (always for GPUs and training); onnx never imports torch (model/runtime.py).
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
     max_batch_size: int = Field(8, ge=1, le=256)  # most thumbnails in one forward pass (1 = no batching)
     max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
     max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503
@@ -39,8 +42,8 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
-    # PyTorch intra-op threads. 1: requests already run in parallel on the worker threads, and OpenMP threads
-    # spinning for a 128² forward pass slow everything else down on a small CPU (see the README figures).
+    # Intra-op threads of the forward pass (PyTorch or onnxruntime). 1: requests already run in parallel on the
+    # worker threads, and threads spinning for a 128² forward pass slow everything else down on a small CPU.
     torch_threads: int = Field(1, ge=1, le=256)
     api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -44,6 +44,10 @@ class ModelConfig:
             raise ValueError(f"unknown category {category[:64]!r}; this model knows: {', '.join(self.categories)}")
         return category
 
+    def category_index(self, category: str | None) -> int:
+        """The index of `category` in the vocabulary (None = unknown)."""
+        return self.categories.index(self.check_category(category) or UNKNOWN)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["categories"] = list(self.categories)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Prepared:
 
     image: Image.Image
     mask: Image.Image
-    thumbs: "torch.Tensor"  # (8, S, S), see model.thumbnails
+    thumbs: "np.ndarray"  # (8, S, S) float32, see model.thumbnails
     icc_profile: bytes | None
     layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
@@ -100,7 +100,7 @@ def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, 
 
 
 def decode_file(path: Path, what: str, composite: bool):
-    from app import imaging  # imports the model package (torch): only for the commands that decode
+    from app import imaging  # imports the model package: only for the commands that decode
     from app.errors import ApiError
 
     try:

@@ -43,7 +43,7 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
     With `recursive`, a composite in composites/sub/ looks for its mask in masks/sub/ and its output goes to
     out_dir/sub/. Returns the jobs and the composites that could not be paired, each with the reason.
     """
-    from model.iharmony import COMPOSITE_NAME  # the model package imports torch: only when pairing
+    from model.iharmony import COMPOSITE_NAME  # the model package: only when pairing
 
     for what, folder in (("composites", composites), ("masks", masks)):
         if not folder.is_dir():
