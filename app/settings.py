@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.config import DEVICES
+from model.runtime import RUNTIMES
+
 __all__ = ["Settings"]
 
 MIB = 1024 * 1024
@@ -22,10 +25,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"  # interface to listen on (0.0.0.0 in a container)
     port: int = Field(8000, ge=1, le=65535)
     weights: Path | None = None  # weights file; unset or empty = the shipped default weights
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when a GPU is available, else cpu
+    device: Literal[DEVICES] = "auto"  # auto = cuda when a GPU is available, else cpu
     # What predicts the curves: auto = onnxruntime on the CPU when installed and the weights' .onnx export is
     # beside them, else PyTorch (always for GPUs and training); onnx never imports torch (model/runtime.py).
-    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    runtime: Literal[RUNTIMES] = "auto"
     max_batch_size: int = Field(8, ge=1, le=256)  # most thumbnails in one forward pass (1 = no batching)
     max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
     max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503

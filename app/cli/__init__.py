@@ -23,6 +23,9 @@ from importlib import metadata
 
 from PIL import Image
 
+from model.config import DEVICES
+from model.runtime import RUNTIMES
+
 from ..logs import configure_logging
 from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
@@ -30,7 +33,6 @@ from .folder import describe_error
 
 __all__ = ["build_parser", "main"]
 
-RUNTIME_CHOICES = ("auto", "torch", "onnx")
 RUNTIME_HELP = ("what predicts the curves: onnx (onnxruntime, no PyTorch), torch, or auto (default: onnx on the "
                 "CPU when the weights' .onnx export is beside them, else torch)")
 
@@ -99,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--weights", metavar="PATH",
                                help="weights file (default: the shipped model/weights/s2crnet.pt)")
-    model_options.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    model_options.add_argument("--device", choices=DEVICES, default="auto",
                                help="where the network runs (default: auto = cuda when available)")
-    model_options.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
+    model_options.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
 
     harmonize = commands.add_parser(
         "harmonize", parents=[model_options], help="harmonize one composite or a whole folder",
@@ -167,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped weights)")
-    serve.add_argument("--device", choices=("auto", "cpu", "cuda"),
+    serve.add_argument("--device", choices=DEVICES,
                        help="where the network runs (default auto)")
-    serve.add_argument("--runtime", choices=RUNTIME_CHOICES, help=RUNTIME_HELP)
+    serve.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     serve.set_defaults(handler=cmd_serve)
 
     export = commands.add_parser(
