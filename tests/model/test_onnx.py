@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import SAMPLES, real_pair, sample_names
+from helpers import SAMPLES, real_pair, sample_names, shipped_weights_with_onnx
 from PIL import Image, ImageFilter
 
-from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet, WeightsError
+from model import Harmonizer, ModelConfig, S2CRNet, WeightsError
 from model.harmonizer import save_weights
 from model.iharmony import mask_stem
 from model.onnx_export import export_onnx, parse_batch
@@ -22,10 +22,7 @@ from model.runtime import META_CONFIG, META_SHA256, META_THUMB, choose_runtime, 
 @pytest.fixture(scope="module")
 def shipped_copy(tmp_path_factory) -> Path:
     """The shipped weights copied to a folder of their own, with their ONNX export beside them."""
-    weights = tmp_path_factory.mktemp("shipped") / "s2crnet.pt"
-    shutil.copyfile(DEFAULT_WEIGHTS, weights)
-    export_onnx(weights, weights.with_suffix(".onnx"))
-    return weights
+    return shipped_weights_with_onnx(tmp_path_factory.mktemp("shipped"))
 
 
 @pytest.fixture(scope="module")

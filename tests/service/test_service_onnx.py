@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import REPO, decode, encode, post_image, real_pair, start_server
+from helpers import REPO, decode, encode, post_image, real_pair, shipped_weights_with_onnx, start_server
 
-from model import DEFAULT_WEIGHTS, Harmonizer
-from model.onnx_export import export_onnx
+from model import Harmonizer
 
 S2CRNET = Path(sys.executable).parent / "s2crnet"
 # Put first on sys.meta_path by sitecustomize (PYTHONPATH): any import of these packages raises ImportError.
@@ -45,10 +44,7 @@ def _run(args: list, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """The shipped weights in a folder of their own, their ONNX export beside them."""
-    path = tmp_path_factory.mktemp("onnx-weights") / "s2crnet.pt"
-    shutil.copyfile(DEFAULT_WEIGHTS, path)
-    export_onnx(path, path.with_suffix(".onnx"))
-    return path
+    return shipped_weights_with_onnx(tmp_path_factory.mktemp("onnx-weights"))
 
 
 def test_the_blocker_really_blocks_torch(tmp_path):
