@@ -1,14 +1,16 @@
 """One request, top to bottom: headers → memory reservation → decode (and compose) → thumbnails → batch →
-curves. The routes render and encode; every blocking step runs in the service's worker pool."""
+curves (`predict`) → render → encode (`render_and_encode`). Every blocking step runs in the service's worker pool;
+the routes (app/routes.py) only read the form and shape the answer."""
 
 import asyncio
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
 
 from fastapi import Request, UploadFile
 
 from model import Curves
-from model.layers import Layered, LayerError, compose
+from model.layers import Layered, LayerError, compose, cut_layer
 
 from . import imaging, memory
 from .batcher import BatcherClosed, QueueFull
@@ -17,7 +19,8 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["accepted_formats", "check_category", "curves_for", "server_timing", "with_deadline"]
+__all__ = ["Prediction", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
+           "with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +28,11 @@ TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed m
 
 
 def check_category(service: Service, category: str | None) -> str | None:
-    if not category:
-        return None
-    known = service.harmonizer.config.categories
-    if category not in known:
-        raise ApiError(422, "unknown_category", f"category {category[:64]!r} is not one the model knows: "
-                       f"{', '.join(known)}")
-    return category
+    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
+    try:
+        return service.harmonizer.config.check_category(category or None)
+    except ValueError as e:
+        raise ApiError(422, "unknown_category", str(e)) from None
 
 
 def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):
@@ -107,13 +108,6 @@ async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, boo
                                    return_exceptions=True)
     _raise_first(decoded)
     return decoded
-    max_pixels = service.settings.max_pixels
-    outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode, part.file, name, max_pixels, colour)
-                                      for part, name, colour in parts), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return outcomes
 
 
 async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
@@ -162,11 +156,20 @@ async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack
     return background, mask_image, thumbs, layered
 
 
-async def curves_for(service: Service, timings: dict, form: InputForm, category: str | None,
-                      strength: float | None, stack: AsyncExitStack):
+@dataclass
+class Prediction:
+    """A request's decoded input and its predicted curves, ready to render."""
+
+    decoded: imaging.Decoded  # the composite, or for layer input the background with the foreground placed on it
+    mask: object  # PIL "L" image, the composite's size
+    curves: Curves  # at the request's strength
+    layered: Layered | None  # layer input only: where the foreground went, for output=layer
+
+
+async def predict(service: Service, timings: dict, form: InputForm, category: str | None, strength: float | None,
+                  stack: AsyncExitStack) -> Prediction:
     """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
-    (decoded composite or background, mask image, curves at the request's strength, the Layered for layer input
-    or None)."""
+    the curves at the request's strength."""
     service.preparing += 1
     layered = None
     try:
@@ -190,7 +193,32 @@ async def curves_for(service: Service, timings: dict, form: InputForm, category:
             job.future.cancel()
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
-    return decoded, mask_image, curves.with_strength(strength), layered
+    return Prediction(decoded, mask_image, curves.with_strength(strength), layered)
+
+
+async def render_and_encode(service: Service, timings: dict, prediction: Prediction, output: str, format: str | None,
+                            quality: int | None, accepted: list[str] | None) -> tuple[bytes, str]:
+    """Render the curves at full size (output=layer: only the foreground's pixels, the flattened image is never
+    rendered) and encode → (body, media type). The client's Accept beats our default format."""
+    with service.stage(timings, "render"):
+        if output == "layer":
+            out = await service.run_blocking(cut_layer, prediction.layered, prediction.curves.lut())
+        else:
+            out = await service.run_blocking(service.harmonizer.render, prediction.decoded.image, prediction.mask,
+                                             prediction.curves)
+    if output == "layer":
+        fmt = format or "png"
+    else:
+        fmt = imaging.output_format_for(format, prediction.decoded.format, out.mode == "RGBA")
+    if accepted is not None and fmt not in accepted:
+        keeps_alpha = [f for f in accepted if f != "jpeg"] if output == "layer" else accepted
+        if not keeps_alpha:
+            raise ApiError(406, "not_acceptable", "output=layer is RGBA: Accept must allow png or webp")
+        fmt = keeps_alpha[0]
+    settings = service.settings
+    with service.stage(timings, "encode"):
+        return await service.run_blocking(imaging.encode, out, fmt, quality or settings.default_quality,
+                                          settings.png_compress_level, prediction.decoded.icc_profile)
 
 
 def _raise_first(outcomes: list) -> None:

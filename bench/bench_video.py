@@ -127,13 +127,10 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    import torch
+    from app.cli.video import forward_threads
 
-    from app.cli.video import torch_threads
-
-    torch.set_num_threads(torch_threads())  # as `s2crnet harmonize-video` does
-    harmonizer = Harmonizer.load(device="cpu")
-    say(f"torch threads {torch.get_num_threads()}, weights {harmonizer.weights_path.name}")
+    harmonizer = Harmonizer.load(device="cpu", threads=forward_threads())  # as `s2crnet harmonize-video` runs
+    say(f"forward-pass threads {forward_threads()}, weights {harmonizer.weights_path.name}")
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         if not args.skip_quality:
             size = tuple(int(v) for v in args.quality_size.split("x"))

@@ -186,6 +186,14 @@ def interrupt_when(command: list[str], pattern: bytes, timeout: float = 60) -> t
     return process.returncode, (seen + stderr).decode(errors="replace")
 
 
+def doc_section(path: str, name: str) -> str:
+    """The text of `<!-- section: NAME -->` in the repository file `path`, up to the next section marker."""
+    text = (REPO / path).read_text()
+    start = text.index(f"<!-- section: {name} -->")
+    end = text.find("<!-- section:", start + 1)
+    return text[start: end if end != -1 else None]
+
+
 # --- real images ----------------------------------------------------------------------------------------
 def sample_names() -> list[str]:
     """The iHarmony4 sample composites, e.g. 'a0041_1_5' (their masks are masks/a0041_1.png)."""
@@ -431,3 +439,32 @@ def video_timing(path) -> dict:
         return {"rate": video.average_rate, "time_base": video.time_base, "pts": [f.pts for f in frames],
                 "duration": container.duration, "size": (video.width, video.height),
                 "aspect": video.sample_aspect_ratio, "rotation": frames[0].rotation, "audio": audio}
+
+
+# --- model fixtures ------------------------------------------------------------------------------------------
+def identity_net():
+    """A fresh S2CRNet whose curves are exactly the identity: every CRM projection (so every log-slope) is 0."""
+    import torch
+
+    from model import ModelConfig, S2CRNet
+
+    net = S2CRNet(ModelConfig())
+    with torch.no_grad():
+        for crm in net.crms:
+            for projection in (crm.bg_proj, crm.fg_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+    return net
+
+
+def shipped_weights_with_onnx(folder: Path) -> Path:
+    """The shipped weights copied into `folder`, with their ONNX export beside them (as the onnx runtime finds it)."""
+    import shutil
+
+    from model import DEFAULT_WEIGHTS
+    from model.onnx_export import export_onnx
+
+    weights = folder / "s2crnet.pt"
+    shutil.copyfile(DEFAULT_WEIGHTS, weights)
+    export_onnx(weights, weights.with_suffix(".onnx"))
+    return weights

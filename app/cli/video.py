@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .files import CliError, cpu_cores
 
-__all__ = ["add_video_command", "cmd_harmonize_video", "torch_threads"]
+__all__ = ["add_video_command", "cmd_harmonize_video", "forward_threads"]
 
 
 def _seconds(text: str) -> float:
@@ -36,7 +36,7 @@ def _rate(text: str) -> Fraction:
     return value
 
 
-def torch_threads() -> int:
+def forward_threads() -> int:
     """Threads for the forward passes: half the cores, since the decoder's and encoder's own threads run beside
     them (two OpenMP threads on a 2-core machine wait on each other whenever a codec thread takes a core)."""
     return max(1, cpu_cores() // 2)
@@ -106,9 +106,7 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
             raise CliError(f"{name}: {path} does not exist")
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
-    import torch
-
-    torch.set_num_threads(torch_threads())
+    harmonizer.set_threads(forward_threads())
     output = Path(args.output)
     with tqdm(unit="frame", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
               disable=None if args.progress is None else not args.progress) as bar:

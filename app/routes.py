@@ -1,0 +1,154 @@
+"""The HTTP routes: read the form, run app.pipeline under the request deadline, shape the answer.
+
+`api` (/harmonize, /curves) sits behind the API key when one is set; `ops` (health, readiness, metrics, info)
+never does. create_app (app/main.py) includes both.
+"""
+
+import time
+from contextlib import AsyncExitStack
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import model
+
+from . import forms, imaging
+from .errors import ApiError, ErrorBody, error_response
+from .forms import read_form
+from .pipeline import accepted_formats, check_category, predict, render_and_encode, server_timing, with_deadline
+from .service import Service
+
+__all__ = ["api", "ops", "ServiceDep", "MISMATCH_HEADER"]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 415, 422, 503, 504)}
+# composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
+CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
+MaskFile = Annotated[UploadFile | None, File(description="mask of the same size; value/255 = foreground weight")]
+CategoryField = Annotated[str | None, Form(description="a category the model knows (GET /info)")]
+MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, in 8-bit levels
+
+api = APIRouter(responses=ERRORS)
+ops = APIRouter()
+
+
+@api.post("/harmonize", response_class=Response,
+          responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
+                           "description": "the harmonized image, the composite's (or background's) size; "
+                                          "output=layer: the harmonized foreground, RGBA, its own size"}})
+async def harmonize(request: Request, service: ServiceDep, composite: CompositeFile = None, mask: MaskFile = None,
+                    foreground: forms.ForegroundFile = None, foreground_mask: forms.ForegroundMaskFile = None,
+                    background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
+                    scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
+                    strength: forms.StrengthField = None, output: forms.OutputField = "image",
+                    format: Annotated[Literal["jpeg", "png", "webp"] | None, Form()] = None,
+                    quality: Annotated[int | None, Form(ge=1, le=100)] = None,
+                    category: CategoryField = None) -> Response:
+    """Harmonize a composite (or a foreground placed on a background): answers the image with its masked
+    object recoloured, or with output=layer the harmonized foreground as RGBA."""
+    start = time.perf_counter()
+    form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
+                     request.headers.get("content-type", ""))
+    if output == "layer" and not form.layer:
+        raise ApiError(422, "invalid_field", "output: layer needs the layer form (foreground + background)")
+    if output == "layer" and format == "jpeg":
+        raise ApiError(422, "invalid_field", "format: a layer keeps its alpha; ask for png or webp")
+    category = check_category(service, category)
+    accepted = accepted_formats(request, format)
+    timings: dict[str, float] = {}
+    mismatch: dict[str, float] = {}
+
+    async def work():
+        async with AsyncExitStack() as stack:
+            prediction = await predict(service, timings, form, category, strength, stack)
+            request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
+            mismatch.update(prediction.curves.mismatch)
+            return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
+
+    body, media_type = await with_deadline(service, request, work())
+    headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),
+               MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
+    return Response(body, media_type=media_type, headers=headers)
+
+
+@api.post("/curves", responses={200: {"content": {"application/json": {}, "text/plain": {}},
+                                      "description": "the curves as JSON tables, or a .cube 1D LUT"}})
+async def curves(request: Request, service: ServiceDep, composite: CompositeFile = None, mask: MaskFile = None,
+                 foreground: forms.ForegroundFile = None, foreground_mask: forms.ForegroundMaskFile = None,
+                 background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
+                 scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
+                 strength: forms.StrengthField = None,
+                 format: Annotated[Literal["json", "cube"], Form()] = "json",
+                 category: CategoryField = None) -> Response:
+    """The per-channel curves the model predicts (at the request's strength): 256-entry tables (0-255) and the
+    mismatch score as JSON, or a .cube LUT."""
+    start = time.perf_counter()
+    form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
+                     request.headers.get("content-type", ""))
+    category = check_category(service, category)
+    timings: dict[str, float] = {}
+
+    async def work():
+        async with AsyncExitStack() as stack:
+            prepared = await predict(service, timings, form, category, strength, stack)
+            request.state.image_size = prepared.decoded.image.size  # for the access line (app.logs)
+            return prepared.curves
+
+    result = await with_deadline(service, request, work())
+    total = time.perf_counter() - start
+    mismatch = {name: round(value, 4) for name, value in result.mismatch.items()}
+    headers = {"Server-Timing": server_timing(timings, total), MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
+    if format == "cube":
+        headers["Content-Disposition"] = 'attachment; filename="curves.cube"'
+        return PlainTextResponse(result.to_cube(f"{service.model_name} harmonization curve"), headers=headers)
+    timings_ms = {name: round(seconds * 1000, 2) for name, seconds in {**timings, "total": total}.items()}
+    return JSONResponse({**result.to_dict(), "mismatch": mismatch, "strength": result.strength,
+                         "model": service.model_name, "category": category or "unknown",
+                         "timings_ms": timings_ms}, headers=headers)
+
+
+# HEAD too: load balancers and `curl -I` probe with it (uvicorn sends the headers, not the body).
+@ops.api_route("/healthz", methods=["GET", "HEAD"])
+async def healthz() -> dict:
+    """200 while the process serves."""
+    return {"status": "ok"}
+
+
+@ops.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": ErrorBody}})
+async def readyz(service: ServiceDep):
+    """200 once the model is loaded and warmed up; 503 before that and while draining."""
+    if service.draining:
+        return error_response(503, "shutting_down", "the server is draining before exit")
+    if not service.ready:
+        return error_response(503, "not_ready", "the model is not loaded and warmed up yet")
+    return {"status": "ready"}
+
+
+@ops.get("/metrics", response_class=PlainTextResponse)
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/info")
+async def info(service: ServiceDep) -> dict:
+    """Model config, parameter count, device, weights sha256, version and limits."""
+    s = service.settings
+    return {
+        "name": service.model_name,
+        "version": model.__version__,
+        "model": service.harmonizer.info() if service.harmonizer else None,
+        "ready": service.ready,
+        "limits": {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_queue": s.max_queue,
+                   "max_inflight_pixels": s.max_inflight_pixels, "request_timeout_s": s.request_timeout_s},
+        "batching": {"max_batch_size": s.max_batch_size, "max_delay_ms": s.max_delay_ms},
+        "formats": {"input": [f.lower() for f in imaging.INPUT_FORMATS], "output": list(imaging.OUTPUT_FORMATS)},
+        "auth": s.api_key is not None,
+    }
