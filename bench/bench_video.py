@@ -124,13 +124,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput figure, best kept (3)")
     parser.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES),
                         help="throughput sizes (default 640x360,1280x720,1920x1080)")
+    parser.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
+                        help="the forward pass's runtime (default torch, as the figures in docs/BENCHMARKS.md)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     from app.cli.video import forward_threads
 
-    harmonizer = Harmonizer.load(device="cpu", threads=forward_threads())  # as `s2crnet harmonize-video` runs
-    say(f"forward-pass threads {forward_threads()}, weights {harmonizer.weights_path.name}")
+    harmonizer = Harmonizer.load(device="cpu", runtime=args.runtime, threads=forward_threads())  # as the CLI runs
+    say(f"{harmonizer.runtime} runtime, {forward_threads()} forward-pass threads, {harmonizer.weights_path.name}")
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         if not args.skip_quality:
             size = tuple(int(v) for v in args.quality_size.split("x"))
