@@ -23,7 +23,8 @@ from .service import Service
 __all__ = ["api", "ops", "ServiceDep", "MISMATCH_HEADER"]
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
+    """Async on purpose: FastAPI runs a plain-def dependency in a worker thread, a hop per request for nothing."""
     return request.app.state.service
 
 

@@ -171,6 +171,15 @@ def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)
 
 
+def logs_with(handle: "ServerHandle", text: str, timeout: float = 10.0) -> str:
+    """The server's logs once they contain `text`: a request's access line is written after its answer is sent,
+    so a client can read the answer before the line exists."""
+    deadline = time.monotonic() + timeout
+    while text not in handle.logs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return handle.logs
+
+
 def doc_section(path: str, name: str) -> str:
     """The text of `<!-- section: NAME -->` in the repository file `path`, up to the next section marker."""
     text = (REPO / path).read_text()
