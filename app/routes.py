@@ -67,9 +67,10 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
 
     async def work():
         async with AsyncExitStack() as stack:
-            prepared = await predict(service, timings, form, category, strength, stack)
-            mismatch.update(prepared.curves.mismatch)
-            return await render_and_encode(service, timings, prepared, output, format, quality, accepted)
+            with service.stage(timings, "critical"):
+                prepared = await predict(service, timings, form, category, strength, stack)
+                mismatch.update(prepared.curves.mismatch)
+                return await render_and_encode(service, timings, prepared, output, format, quality, accepted)
 
     body, media_type = await with_deadline(service, request, work())
     headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),
@@ -96,7 +97,8 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
 
     async def work():
         async with AsyncExitStack() as stack:
-            return (await predict(service, timings, form, category, strength, stack)).curves
+            with service.stage(timings, "critical"):
+                return (await predict(service, timings, form, category, strength, stack)).curves
 
     result = await with_deadline(service, request, work())
     total = time.perf_counter() - start
