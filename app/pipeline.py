@@ -1,6 +1,8 @@
 """One request, top to bottom: headers → memory reservation → decode (and compose) → thumbnails → batch →
-curves (`predict`) → render → encode (`render_and_encode`). Every blocking step runs in the service's worker pool;
-the routes (app/routes.py) only read the form and shape the answer."""
+curves (`predict`) → render → encode (`render_and_encode`). A JPEG composite's thumbnails come from a reduced
+decode and are batched while its full-size decode runs (`_prepare_composite`), so decode overlaps thumbnail,
+queue and infer in the timings. Every blocking step runs in the service's worker pool; the routes
+(app/routes.py) only read the form and shape the answer."""
 
 import asyncio
 import logging
