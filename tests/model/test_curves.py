@@ -196,7 +196,7 @@ def test_render_fast_paths_give_the_blend_exactly(mode, edge):
     image, mask = real_pair(3 * RENDER_TILE[0] + 37, 2 * RENDER_TILE[1] + 11, 1)
     weights = np.where(np.asarray(mask) >= 128, 255, 0).astype(np.uint8)
     if edge == "soft-edged":
-        weights = np.asarray(Image.fromarray(weights).resize((weights.shape[1] // 4, weights.shape[0] // 4))
+        weights = np.array(Image.fromarray(weights).resize((weights.shape[1] // 4, weights.shape[0] // 4))
                              .resize(mask.size, Image.Resampling.BILINEAR))
     elif edge == "one soft pixel":
         weights = weights.copy()
