@@ -1,7 +1,9 @@
-# S²CRNet harmonization service. One Dockerfile, two images:
+# S²CRNet harmonization service. One Dockerfile, three images:
 #   CPU  (default):  docker build -t s2crnet:0.1.0-cpu .
 #   CUDA (GPU host): docker build --build-arg VARIANT=cuda -t s2crnet:0.1.0-cuda .
-# Stages: base-<variant> (bare Python) → torch-<variant> (venv + PyTorch) → build (+ the project)
+#   ONNX (slim CPU): docker build --build-arg VARIANT=onnx -t s2crnet:0.1.0-onnx .   (onnxruntime, no PyTorch)
+# Stages: base-<variant> (bare Python) → torch-<variant> (venv + PyTorch; for onnx: the venv without it, and
+#         the weights' ONNX export made in a throwaway `export` stage) → build (+ the project)
 #         → runtime (base-<variant> + the finished venv, non-root). BuildKit builds only the stages the
 #         chosen variant needs.
 
@@ -24,6 +26,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
 
+FROM python:3.11.13-slim-bookworm AS base-onnx
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
 # --- PyTorch, pinned, from the PyTorch index of the variant -----------------------------------------------
 FROM base-cpu AS torch-cpu
 ARG TORCH_VERSION
@@ -42,6 +47,23 @@ RUN apt-get update \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_CUDA_INDEX}" "torch==${TORCH_VERSION}"
 
+# --- the onnx variant: the weights exported with PyTorch here, served without it ---------------------------
+FROM torch-cpu AS export
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY app ./app
+RUN /opt/venv/bin/pip install --no-cache-dir ".[export]" \
+    && /opt/venv/bin/s2crnet export --format onnx -o /export/s2crnet.onnx
+
+FROM base-onnx AS torch-onnx
+COPY requirements-onnx.txt /tmp/
+COPY --from=export /export/s2crnet.onnx /opt/s2crnet.onnx
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-onnx.txt
+# The venv holds every serving requirement but torch: the project goes in without dependencies.
+ENV PIP_NO_DEPS=1
+
 # --- the project (its pinned torch is already satisfied; the rest comes from PyPI) -----------------------
 # DL3006 (untagged image): torch-${VARIANT} is one of this file's own stages, not an image from a registry.
 # hadolint ignore=DL3006
@@ -50,9 +72,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY app ./app
-# A regular (not editable) install: the package, and the default weights inside it, land in the venv.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/python -I -c "import model; assert model.DEFAULT_WEIGHTS.is_file(), model.DEFAULT_WEIGHTS"
+# A regular (not editable) install: the package, and the default weights inside it (with their ONNX export in
+# the onnx variant), land in the venv; loading them with the variant's runtime checks the pair at build time.
+RUN if [ -f /opt/s2crnet.onnx ]; then cp /opt/s2crnet.onnx model/weights/s2crnet.onnx; fi \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -I -c "import model; assert model.DEFAULT_WEIGHTS.is_file(), model.DEFAULT_WEIGHTS" \
+    && /opt/venv/bin/python -I -c "from model import Harmonizer; print(Harmonizer.load(device='cpu', runtime='auto').runtime)"
 
 # --- runtime: no compilers, no sources, no pip cache; a non-root user ------------------------------------
 # DL3006 (untagged image): base-${VARIANT} is one of this file's own stages, not an image from a registry.

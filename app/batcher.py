@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from model import Curves
 
@@ -23,7 +23,7 @@ __all__ = ["Batcher", "BatcherClosed", "Job", "QueueFull"]
 
 log = logging.getLogger(__name__)
 
-InferFn = Callable[[list[torch.Tensor], list[str | None]], Sequence[Curves]]
+InferFn = Callable[[list[np.ndarray], list[str | None]], Sequence[Curves]]
 
 
 class QueueFull(Exception):
@@ -36,7 +36,7 @@ class BatcherClosed(Exception):
 
 @dataclass(eq=False)
 class Job:
-    thumbs: torch.Tensor  # (8, S, S) from Harmonizer.prepare
+    thumbs: np.ndarray  # (8, S, S) from Harmonizer.prepare
     category: str | None
     future: asyncio.Future  # resolves to Curves; set on the event loop's thread
     enqueued: float = field(default_factory=time.perf_counter)
@@ -66,7 +66,7 @@ class Batcher:
     def depth(self) -> int:
         return len(self._jobs)
 
-    def submit(self, thumbs: torch.Tensor, category: str | None) -> Job:
+    def submit(self, thumbs: np.ndarray, category: str | None) -> Job:
         """Queue one job (call on the event loop); await `job.future` for its Curves."""
         job = Job(thumbs, category, asyncio.get_running_loop().create_future())
         with self._cond:

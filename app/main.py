@@ -17,15 +17,18 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Security
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPBearer
 
 import model
 
 from . import memory, routes, startup
 from .errors import install_error_handlers
+from .logs import configure_logging
 from .middleware import ServiceMiddleware
+from .page import page
 from .protocol import guarded_protocol
-from .service import Service, configure_logging, start, stop
+from .service import Service, start, stop
 from .settings import Settings
 
 __all__ = ["Service", "create_app", "run"]  # and `app`, built on first access
@@ -43,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         await asyncio.to_thread(start, service)
         try:
             yield
@@ -58,9 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=service)
+    if settings.cors_origins:  # outermost: preflights answered before the gate; the gate's 401/503 get headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"], max_age=600,
+                           expose_headers=["X-Request-ID", routes.MISMATCH_HEADER, "Server-Timing", "Retry-After"])
     auth = [Security(_bearer)] if settings.api_key is not None else []  # the schema tells the truth
     app.include_router(routes.api, dependencies=auth)
     app.include_router(routes.ops)
+    app.include_router(page)
     return app
 
 
@@ -93,9 +101,14 @@ class _DrainingServer(uvicorn.Server):
 def run(settings: Settings) -> None:
     """Load the weights (StartupError: one line, exit 2 or 3, before anything listens), then serve with
     uvicorn until SIGTERM/SIGINT, drain and exit."""
+    configure_logging(settings.log_level, settings.log_format)
     application = create_app(settings)
-    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device)
+    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device,
+                                                                   runtime=settings.runtime,
+                                                                   threads=settings.torch_threads)
+    # log_config=None: uvicorn's lines go through app.logs like ours (its access log is replaced by ours)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
                             http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
     _DrainingServer(config, application.state.service).run()

@@ -1,4 +1,4 @@
-"""The one ASGI middleware: request ids, request metrics, and the gate in front of the work endpoints.
+"""The one ASGI middleware: request ids, request metrics and access lines, and the gate in front of the work endpoints.
 
 Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize and /curves it
 answers at once, before a byte of the body is read: 401 without the bearer token, 503 while draining,
@@ -20,6 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError, error_response
+from .logs import REQUEST_ID, access
 
 if TYPE_CHECKING:
     from .service import Service
@@ -48,6 +49,7 @@ class ServiceMiddleware:
         client_id = headers.get("x-request-id", "")
         request_id = client_id if _CLIENT_REQUEST_ID.fullmatch(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)  # every line logged for this request carries its id
         status = 500  # what the client saw if the app dies before answering
 
         async def send_with_id(message: Message) -> None:
@@ -67,6 +69,10 @@ class ServiceMiddleware:
             metrics = self.service.metrics
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
+            # image_size: the decoded composite's (or background's) width and height, set by the routes
+            access(scope["method"], scope["path"][:200], status, time.perf_counter() - start, request_id,
+                   scope["state"].get("image_size"))
+            REQUEST_ID.reset(token)
 
     async def _gated(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         service = self.service

@@ -15,7 +15,7 @@ from fastapi import Request, UploadFile
 from model import Curves
 from model.inputs import check_mask, mask_to_pil
 from model.layers import Layered, LayerError, compose, cut_layer
-from model.thumbnails import make_thumbnails, reduced_scale
+from model.thumbnails import reduced_scale, thumbnail_array
 
 from . import imaging, memory
 from .batcher import BatcherClosed, QueueFull
@@ -24,7 +24,7 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prepared", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
+__all__ = ["Prediction", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
            "with_deadline"]
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,11 @@ MAX_REDUCED_SCALE = 0.5  # thumbnails from a reduced decode only when it is half
 
 
 def check_category(service: Service, category: str | None) -> str | None:
-    if not category:
-        return None
-    known = service.harmonizer.config.categories
-    if category not in known:
-        raise ApiError(422, "unknown_category", f"category {category[:64]!r} is not one the model knows: "
-                       f"{', '.join(known)}")
-    return category
+    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
+    try:
+        return service.harmonizer.config.check_category(category or None)
+    except ValueError as e:
+        raise ApiError(422, "unknown_category", str(e)) from None
 
 
 def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):
@@ -141,7 +139,7 @@ def _thumbnails_from_reduced(service: Service, opened, reduced: imaging.Reduced,
     scale = reduced_scale(reduced.size, mask_image.getbbox(), thumb)
     if reduced.image.width < scale * reduced.size[0]:  # the same data decoded once already: it decodes again
         reduced = imaging.decode_reduced(opened, "composite", scale, reduced.data) or reduced
-    return mask_image, make_thumbnails(reduced.image, mask_image, thumb)
+    return mask_image, thumbnail_array(reduced.image, mask_image, thumb)
 
 
 async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
@@ -237,7 +235,7 @@ async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack
 
 
 @dataclass
-class Prepared:
+class Prediction:
     """A request's decoded input and its predicted curves, ready to render."""
 
     decoded: imaging.Decoded  # the composite, or for layer input the background with the foreground placed on it
@@ -247,7 +245,7 @@ class Prepared:
 
 
 async def predict(service: Service, timings: dict, form: InputForm, category: str | None, strength: float | None,
-                  stack: AsyncExitStack) -> Prepared:
+                  stack: AsyncExitStack) -> Prediction:
     """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
     the curves at the request's strength."""
     service.preparing += 1
@@ -275,23 +273,23 @@ async def predict(service: Service, timings: dict, form: InputForm, category: st
         decoded = await decoded
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
-    return Prepared(decoded, mask_image, curves.with_strength(strength), layered)
+    return Prediction(decoded, mask_image, curves.with_strength(strength), layered)
 
 
-async def render_and_encode(service: Service, timings: dict, prepared: Prepared, output: str, format: str | None,
+async def render_and_encode(service: Service, timings: dict, prediction: Prediction, output: str, format: str | None,
                             quality: int | None, accepted: list[str] | None) -> tuple[bytes, str]:
     """Render the curves at full size (output=layer: only the foreground's pixels, the flattened image is never
     rendered) and encode → (body, media type). The client's Accept beats our default format."""
     with service.stage(timings, "render"):
         if output == "layer":
-            out = await service.run_blocking(cut_layer, prepared.layered, prepared.curves.lut())
+            out = await service.run_blocking(cut_layer, prediction.layered, prediction.curves.lut())
         else:
-            out = await service.run_blocking(service.harmonizer.render, prepared.decoded.image, prepared.mask,
-                                             prepared.curves)
+            out = await service.run_blocking(service.harmonizer.render, prediction.decoded.image, prediction.mask,
+                                             prediction.curves)
     if output == "layer":
         fmt = format or "png"
     else:
-        fmt = imaging.output_format_for(format, prepared.decoded.format, out.mode == "RGBA")
+        fmt = imaging.output_format_for(format, prediction.decoded.format, out.mode == "RGBA")
     if accepted is not None and fmt not in accepted:
         keeps_alpha = [f for f in accepted if f != "jpeg"] if output == "layer" else accepted
         if not keeps_alpha:
@@ -300,7 +298,7 @@ async def render_and_encode(service: Service, timings: dict, prepared: Prepared,
     settings = service.settings
     with service.stage(timings, "encode"):
         return await service.run_blocking(imaging.encode, out, fmt, quality or settings.default_quality,
-                                          settings.png_compress_level, prepared.decoded.icc_profile)
+                                          settings.png_compress_level, prediction.decoded.icc_profile)
 
 
 def _raise_first(outcomes: list) -> None:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from PIL import Image
 
 import model
@@ -19,7 +19,7 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .settings import Settings
 
-__all__ = ["Service", "configure_logging", "start", "stop"]
+__all__ = ["Service", "start", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +67,15 @@ class Service:
             log.warning("drain timeout: %d requests still in flight", self.in_flight)
 
 
-def configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("app", "model"):
-        logging.getLogger(name).setLevel(level.upper())
-
-
 def start(service: Service) -> None:
     """Load the weights, warm up (a forward pass at batch 1 and at full batch, a render), then go ready."""
     settings = service.settings
     Image.MAX_IMAGE_PIXELS = settings.max_pixels  # Pillow's own bomb check: a second fence behind ours
     if settings.release_memory and not memory.tune_allocator():
         log.info("not glibc: the allocator is left as it is")
-    torch.set_num_threads(settings.torch_threads)
-    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device)  # run() loads first
+    harmonizer = service.harmonizer or Harmonizer.load(settings.weights, settings.device, runtime=settings.runtime,
+                                                       threads=settings.torch_threads)  # run() loads first
+    harmonizer.set_threads(settings.torch_threads)
     service.harmonizer = harmonizer
     service.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="s2crnet-work")
     metrics = service.metrics
@@ -94,7 +88,7 @@ def start(service: Service) -> None:
                               settings.max_delay_ms / 1000, settings.max_queue, on_batch,
                               more_coming=lambda: service.preparing > 0)
     start = time.perf_counter()
-    blank = torch.zeros(8, harmonizer.config.thumb, harmonizer.config.thumb)
+    blank = np.zeros((8, harmonizer.config.thumb, harmonizer.config.thumb), np.float32)
     for size in sorted({1, settings.max_batch_size}):
         harmonizer.curves_from_thumbnails([blank] * size)
     warm_image, warm_mask = Image.new("RGB", (64, 64), (90, 120, 150)), Image.new("L", (64, 64), 0)
@@ -106,11 +100,12 @@ def start(service: Service) -> None:
     metrics.in_flight.set_function(lambda: service.in_flight)
     info = harmonizer.info()
     metrics.model.info({"name": service.model_name, "backbone": info["backbone"], "device": info["device"],
+                        "runtime": info["runtime"],
                         "weights": harmonizer.weights_path.name if harmonizer.weights_path else "",
                         "sha256": info["sha256"] or "", "version": model.__version__})
     service.ready = True
-    log.info("ready: model %s (%d parameters) on %s, weights %s, sha256 %s, warm-up %.0f ms",
-             service.model_name, info["parameters"], info["device"], info["weights"], info["sha256"],
+    log.info("ready: model %s (%d parameters) with %s on %s, weights %s, sha256 %s, warm-up %.0f ms",
+             service.model_name, info["parameters"], info["runtime"], info["device"], info["weights"], info["sha256"],
              (time.perf_counter() - start) * 1000)
 
 

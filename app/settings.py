@@ -3,15 +3,20 @@
 The README's configuration table is checked against these fields by tests/service/test_service_readme.py.
 """
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model.config import DEVICES
+from model.runtime import RUNTIMES
 
 __all__ = ["Settings"]
 
 MIB = 1024 * 1024
+_ORIGIN = re.compile(r"https?://[^/\s,]+")  # scheme://host[:port], as a browser sends it in `Origin`
 
 
 class Settings(BaseSettings):
@@ -20,7 +25,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"  # interface to listen on (0.0.0.0 in a container)
     port: int = Field(8000, ge=1, le=65535)
     weights: Path | None = None  # weights file; unset or empty = the shipped default weights
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when a GPU is available, else cpu
+    device: Literal[DEVICES] = "auto"  # auto = cuda when a GPU is available, else cpu
+    # What predicts the curves: auto = onnxruntime on the CPU when installed and the weights' .onnx export is
+    # beside them, else PyTorch (always for GPUs and training); onnx never imports torch (model/runtime.py).
+    runtime: Literal[RUNTIMES] = "auto"
     max_batch_size: int = Field(8, ge=1, le=256)  # most thumbnails in one forward pass (1 = no batching)
     max_delay_ms: float = Field(5.0, ge=0, le=1000)  # longest wait for a batch to fill
     max_queue: int = Field(64, ge=1, le=100_000)  # most /harmonize + /curves requests in flight; more → 503
@@ -37,11 +45,14 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
-    # PyTorch intra-op threads. 1: requests already run in parallel on the worker threads, and OpenMP threads
-    # spinning for a 128² forward pass slow everything else down on a small CPU (see the README figures).
+    # Intra-op threads of the forward pass (PyTorch or onnxruntime). 1: requests already run in parallel on the
+    # worker threads, and threads spinning for a 128² forward pass slow everything else down on a small CPU.
     torch_threads: int = Field(1, ge=1, le=256)
     api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line, for log pipelines
+    # Origins (comma-separated) whose pages may call the API from a browser; `*` = any. Unset: no CORS headers.
+    cors_origins: Annotated[list[str] | None, NoDecode] = None
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -70,7 +81,25 @@ class Settings(BaseSettings):
                              "other characters never match reliably)")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _lower_case_level(cls, value):
+    def _lower_case(cls, value):
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated_origins(cls, value):
+        if isinstance(value, str):
+            value = [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value or None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, value: list[str] | None) -> list[str] | None:
+        # A browser's Origin is scheme://host[:port] with no path or trailing slash; anything else would never
+        # match, and the API would look broken from that page without a word, so it fails at start-up.
+        for origin in value or []:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port] (no path, no trailing "
+                                 "slash) or *")
+        return value

@@ -38,19 +38,31 @@ def settings_from(**overrides):
         raise StartupError("invalid setting " + "; ".join(problems), BAD_CONFIG) from None
 
 
-def load_harmonizer(weights, device: str, weights_name: str = "S2CRNET_WEIGHTS"):
-    """Harmonizer.load with its failures as StartupError: the device (2) checked first, then the weights (3)."""
-    import torch
+def load_harmonizer(weights, device: str, weights_name: str = "S2CRNET_WEIGHTS", runtime: str = "auto",
+                    threads: int | None = None):
+    """Harmonizer.load with its failures as StartupError: the runtime and device (2) checked first, then the
+    weights and their ONNX export (3). Only the torch runtime imports torch."""
+    from pathlib import Path
 
-    from model import Harmonizer, WeightsError
+    from model import DEFAULT_WEIGHTS, Harmonizer, WeightsError
+    from model.runtime import choose_runtime
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StartupError(f"S2CRNET_DEVICE=cuda: PyTorch sees no CUDA GPU (torch {torch.__version__}, "
-                           f"CUDA build: {torch.version.cuda or 'none'}); use auto or cpu", BAD_CONFIG)
     try:
-        return Harmonizer.load(weights, device)
+        chosen = choose_runtime(runtime, device, Path(weights) if weights else DEFAULT_WEIGHTS)
+    except ValueError as e:
+        raise StartupError(f"S2CRNET_RUNTIME={runtime}: {e}", BAD_CONFIG) from None
+    if chosen == "torch" and device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StartupError(f"S2CRNET_DEVICE=cuda: PyTorch sees no CUDA GPU (torch {torch.__version__}, "
+                               f"CUDA build: {torch.version.cuda or 'none'}); use auto or cpu", BAD_CONFIG)
+    try:
+        return Harmonizer.load(weights, device, runtime=chosen, threads=threads)
     except WeightsError as e:
         raise StartupError(f"{weights_name}: {_weights_problem(e)}", BAD_WEIGHTS) from None
+    except ValueError as e:  # onnxruntime missing, or without the CUDA provider that was asked for
+        raise StartupError(f"S2CRNET_RUNTIME={chosen}: {e}", BAD_CONFIG) from None
 
 
 def _weights_problem(error: Exception) -> str:

@@ -38,6 +38,16 @@ class ModelConfig:
             raise ValueError(f"categories must include {UNKNOWN!r}")
         object.__setattr__(self, "categories", tuple(self.categories))
 
+    def check_category(self, category: str | None) -> str | None:
+        """`category` if this model knows it (None stays None = unknown); ValueError naming the known ones else."""
+        if category is not None and category not in self.categories:
+            raise ValueError(f"unknown category {category[:64]!r}; this model knows: {', '.join(self.categories)}")
+        return category
+
+    def category_index(self, category: str | None) -> int:
+        """The index of `category` in the vocabulary (None = unknown)."""
+        return self.categories.index(self.check_category(category) or UNKNOWN)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["categories"] = list(self.categories)

@@ -9,14 +9,22 @@ formula serves a per-request strength (`Curves.with_strength`, 0 ≤ s ≤ 1; 0 
 
 The mismatch score is how far the applied 8-bit LUT moves the foreground's levels: Σ_v h(v)·|LUT(v) − v| / Σ_v h(v)
 per channel, h the foreground's mask-weighted level histogram (see thumbnails.foreground_histogram).
+
+The LUT, strength, mismatch and render are numpy and Pillow, shared by both runtimes; the tensor functions
+(training and the GPU render) import torch when called, so serving with onnxruntime never loads it.
 """
+
+from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Curves", "apply_curves", "check_strength", "curve_knots", "render", "render_tensor", "MAX_LOG_SLOPE"]
 
@@ -32,6 +40,8 @@ RENDER_TILE = (256, 256)
 
 def curve_knots(log_slopes: torch.Tensor) -> torch.Tensor:
     """(..., L) log-weights → (..., L + 1) knot heights from 0 to 1."""
+    import torch
+
     p = log_slopes.clamp(-MAX_LOG_SLOPE, MAX_LOG_SLOPE).exp()
     cum = torch.cat([torch.zeros_like(p[..., :1]), p.cumsum(-1)], -1)
     return cum / cum[..., -1:]
@@ -84,7 +94,7 @@ class Curves:
     strength: float = 1.0
     histogram: np.ndarray | None = None
 
-    def with_strength(self, strength: float | None) -> "Curves":
+    def with_strength(self, strength: float | None) -> Curves:
         """The same curves applying `strength` of their change (None: keep this one). One formula for every
         path: evaluate, lut, to_cube and mismatch all read `self.strength`."""
         return self if strength is None else replace(self, strength=check_strength(strength))
@@ -172,6 +182,8 @@ def _render_tile(image: Image.Image, mask: Image.Image, table: list[int], tile: 
 
 def render_tensor(image: torch.Tensor, mask: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """The same render on a device tensor (the GPU path). image: (H, W, 3|4) uint8; mask: (H, W) uint8."""
+    import torch
+
     curved = torch.stack([lut[c].long()[image[..., c].long()] for c in range(3)], -1)
     rgb = image[..., :3].to(torch.int32)
     weight = mask.to(torch.int32).unsqueeze(-1)

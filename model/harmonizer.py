@@ -13,100 +13,122 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .config import DEVICES, ModelConfig
-from .curves import Curves, render, render_tensor
+from .curves import Curves, render
 from .inputs import to_pil_pair
 from .layers import compose, cut_layer
-from .network import S2CRNet, count_parameters, inference_copy
-from .thumbnails import foreground_histogram, make_thumbnails
-from .weights import save_weights
+from .runtime import OnnxPredictor, WeightsError, choose_runtime, installed, onnx_export_path, read_weights
+from .thumbnails import foreground_histogram, thumbnail_array
 
-__all__ = ["DEFAULT_WEIGHTS", "DEVICES", "Harmonizer", "WeightsError", "resolve_device", "save_weights", "to_pil_pair"]
+__all__ = ["DEFAULT_WEIGHTS", "DEVICES", "Harmonizer", "WeightsError", "to_pil_pair"]  # + resolve_device, save_weights
 
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "s2crnet.pt"
-_GPU_RENDER_MIN_PIXELS = 1 << 20  # below ~1 MP the host↔device copies cost more than Pillow's render
 
 
-class WeightsError(RuntimeError):
-    """The weights file is missing, unreadable or not an S²CRNet weights file."""
+def __getattr__(name: str):
+    """The PyTorch-only names, imported on first use: this module must load without torch (onnx runtime)."""
+    if name == "resolve_device":
+        from .torch_runtime import resolve_device
 
+        return resolve_device
+    if name == "save_weights":
+        from .weights import save_weights
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in DEVICES:
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-    return torch.device(device)
+        return save_weights
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Harmonizer:
-    def __init__(self, net: S2CRNet, device: torch.device, weights_path: Path | None = None,
-                 sha256: str | None = None, meta: dict | None = None):
-        self.net = net.to(device).eval()  # as loaded: tools (renorm, calibrate) may change and save it
-        self._inference_net: S2CRNet | None = None  # what predictions run on, made at the first one
-        self.config: ModelConfig = net.config
-        self.device = device
+    """The network behind one of two runtimes (model.runtime): "torch" (PyTorch, any device, training tools)
+    or "onnx" (onnxruntime, no PyTorch imported). Both return knots; everything after them is shared numpy."""
+
+    def __init__(self, net=None, device=None, weights_path: Path | None = None, sha256: str | None = None,
+                 meta: dict | None = None, *, predictor=None):
+        if predictor is None:  # Harmonizer(net, device): a PyTorch network in hand (training, tests)
+            from .torch_runtime import TorchPredictor
+
+            predictor = TorchPredictor(net, device, meta)
+        self.predictor = predictor
+        self.runtime: str = predictor.name
+        self.config: ModelConfig = predictor.config
         self.weights_path = weights_path
         self.sha256 = sha256
-        self.meta = meta or {}
+        self.meta = predictor.meta
         self._lock = threading.Lock()  # one forward pass at a time: the model is shared by threads
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "auto") -> "Harmonizer":
+    def load(cls, path: str | Path | None = None, device: str = "auto", runtime: str = "torch",
+             threads: int | None = None) -> "Harmonizer":
+        """runtime: "torch" (default here: training and tools need the network), "onnx" (onnxruntime on the
+        weights' export `W.onnx`, or an .onnx given as `path`), or "auto" (model.runtime.choose_runtime)."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
-        try:
-            blob = path.read_bytes()
-        except OSError as e:
-            raise WeightsError(f"cannot read weights file {path}: {e.strerror or e}") from e
-        try:
-            import io
-            checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-            config = ModelConfig.from_dict(checkpoint["config"])
-            net = S2CRNet(config)
-            net.load_state_dict(checkpoint["model"])
-        except Exception as e:  # any failure here means the file is not usable weights
-            raise WeightsError(f"{path} is not a valid S2CRNet weights file: {e}") from e
+        runtime = choose_runtime(runtime, device, path)
+        blob = read_weights(path)
         sha256 = hashlib.sha256(blob).hexdigest()
-        harmonizer = cls(net, resolve_device(device), path, sha256, checkpoint.get("meta"))
-        log.info("loaded %s (%s, %d parameters) on %s, sha256 %s", path, config.backbone,
-                 count_parameters(net), harmonizer.device, sha256)
+        if runtime == "onnx":
+            export = onnx_export_path(path)
+            if export != path:
+                _build_if_missing(path, export)
+            predictor = OnnxPredictor(export, device, threads, None if export == path else sha256)
+            sha256 = predictor.sha256
+        else:
+            from .torch_runtime import TorchPredictor, load_network, resolve_device
+
+            net, meta = load_network(path, blob)
+            predictor = TorchPredictor(net, resolve_device(device), meta)
+            if threads:
+                predictor.set_threads(threads)
+        harmonizer = cls(weights_path=path, sha256=sha256, predictor=predictor)
+        log.info("loaded %s (%s, %d parameters) with %s on %s, sha256 %s", path, harmonizer.config.backbone,
+                 predictor.num_parameters(), runtime, harmonizer.device, sha256)
         return harmonizer
 
     @property
-    def inference_net(self) -> S2CRNet:
-        """What predictions run on: `net` with batch norm folded in (model.network.inference_copy), made once."""
-        if self._inference_net is None:
-            self._inference_net = inference_copy(self.net)
-        return self._inference_net
+    def device(self):
+        """torch.device for the torch runtime; "cpu" or "cuda" for onnx."""
+        return self.predictor.device
+
+    @property
+    def net(self):
+        """The PyTorch network (torch runtime only: training tools change and save it)."""
+        if self.runtime != "torch":
+            raise AttributeError("the onnx runtime has no PyTorch network; load with runtime='torch'")
+        return self.predictor.net
+
+    @property
+    def inference_net(self):
+        """What torch predictions run on: `net` with batch norm folded in (model.network.inference_copy)."""
+        self.net  # noqa: B018 -- raises for the onnx runtime
+        return self.predictor.inference_net
+
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of the runtime's forward pass."""
+        self.predictor.set_threads(threads)
 
     # --- the two halves the service's batcher calls separately -------------------------------------------
-    def prepare(self, image, mask) -> tuple[Image.Image, Image.Image, torch.Tensor]:
+    def prepare(self, image, mask) -> tuple[Image.Image, Image.Image, np.ndarray]:
         """Validate one input and build its thumbnails (thread-safe, no model involved)."""
         image, mask = to_pil_pair(image, mask)
-        return image, mask, make_thumbnails(image, mask, self.config.thumb)
+        return image, mask, thumbnail_array(image, mask, self.config.thumb)
 
-    @torch.inference_mode()
-    def curves_from_thumbnails(self, thumbs: list[torch.Tensor], categories=None) -> list[Curves]:
-        """One forward pass for a batch of thumbnails → one Curves per image."""
+    def curves_from_thumbnails(self, thumbs: list, categories=None) -> list[Curves]:
+        """One forward pass for a batch of thumbnails ((8, S, S) arrays, or tensors) → one Curves per image."""
         if not thumbs:
             return []
         categories = list(categories) if categories is not None else [None] * len(thumbs)
         if len(categories) != len(thumbs):
             raise ValueError(f"{len(categories)} categories for {len(thumbs)} images")
-        index = torch.tensor([self.net.category_index(c) for c in categories], device=self.device)
-        batch = torch.stack(thumbs).to(self.device)  # B, 8, S, S
+        index = np.array([self.config.category_index(c) for c in categories], dtype=np.int64)
+        arrays = [np.asarray(t, dtype=np.float32) for t in thumbs]
+        batch = np.stack(arrays)  # B, 8, S, S
         with self._lock:
-            net = self.inference_net
-            knots = net.forward_head(*net.forward_features(batch), index)
+            knots = self.predictor.knots(batch, index)
         # Each Curves carries its foreground's level histogram, so its mismatch score is known wherever it goes.
         return [Curves(k, self.config.strength, foreground_histogram(t))
-                for k, t in zip(knots.double().cpu().numpy(), thumbs, strict=True)]
+                for k, t in zip(knots, arrays, strict=True)]
 
     # --- the public API -------------------------------------------------------------------------------
     def predict_curves(self, images, masks, categories=None, strength: float | None = None) -> list[Curves]:
@@ -131,15 +153,11 @@ class Harmonizer:
         return np.asarray(layered.composite), np.asarray(layered.mask)
 
     def render(self, image: Image.Image, mask: Image.Image, curves: Curves) -> Image.Image:
-        """Full-resolution render in place (image: RGB/RGBA, mask: L); on the GPU for large images."""
-        if self.device.type == "cuda" and image.width * image.height >= _GPU_RENDER_MIN_PIXELS:
-            lut = torch.from_numpy(curves.lut()).to(self.device)
-            pixels = torch.from_numpy(np.asarray(image)).to(self.device)
-            weights = torch.from_numpy(np.asarray(mask)).to(self.device)
-            rendered = render_tensor(pixels, weights, lut).cpu().numpy()
-            image.paste(Image.fromarray(rendered, image.mode))  # in place, like the Pillow path
-            return image
-        return render(image, mask, curves.lut())
+        """Full-resolution render in place (image: RGB/RGBA, mask: L); on the GPU for large images (torch)."""
+        lut = curves.lut()
+        on_device = getattr(self.predictor, "render", None)
+        rendered = on_device(image, mask, lut) if on_device is not None else None
+        return rendered if rendered is not None else render(image, mask, lut)
 
     def harmonize(self, image=None, mask=None, category: str | None = None, *, strength: float | None = None,
                   foreground=None, background=None, foreground_mask=None, at=None, scale=None, box=None,
@@ -180,14 +198,32 @@ class Harmonizer:
         return out if was_pil else np.asarray(out)
 
     def num_parameters(self) -> int:
-        return count_parameters(self.net)
+        return self.predictor.num_parameters()
 
     def info(self) -> dict:
         return {
             **self.config.to_dict(),
             "parameters": self.num_parameters(),
             "device": str(self.device),
+            "runtime": self.runtime,
             "weights": str(self.weights_path) if self.weights_path else None,
             "sha256": self.sha256,
             "meta": self.meta,
         }
+
+
+def _build_if_missing(weights: Path, export: Path) -> None:
+    """The onnx runtime on a .pt whose export is not there yet: build it beside it (needs torch and onnx)."""
+    if export.is_file():
+        return
+    if not (installed("torch") and installed("onnx")):
+        raise WeightsError(f"{export} (the ONNX export of {weights}) does not exist; build it where PyTorch is "
+                           f"installed: s2crnet export --format onnx --weights {weights} -o {export}")
+    from .onnx_export import export_onnx
+
+    log.info("building %s from %s (first use of the onnx runtime)", export, weights)
+    try:
+        export_onnx(weights, export)
+    except OSError as e:
+        raise WeightsError(f"cannot write {export} (the ONNX export of {weights}): {e.strerror or e}; build it "
+                           f"elsewhere with s2crnet export and pass that .onnx as the weights") from e

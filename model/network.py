@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .backbones import BACKBONE_CHANNELS, create_backbone
-from .config import UNKNOWN, ModelConfig
+from .config import ModelConfig
 from .curves import apply_curves, curve_knots
 
 __all__ = ["S2CRNet", "CurveRenderingModule", "color_statistics", "seam_statistics", "count_parameters",
@@ -47,8 +47,10 @@ def color_statistics(rgb: torch.Tensor, weight: torch.Tensor, levels: int | None
         histogram = x.new_zeros(*x.shape[:2], levels).scatter_add_(-1, index, w)  # B, 3, levels
         cdf = histogram.cumsum(-1) / total
         ordered = torch.linspace(0, 1, levels, device=x.device).expand_as(cdf)
-    targets = torch.tensor(QUANTILES, device=x.device).expand(*x.shape[:2], -1).contiguous()
-    index = torch.searchsorted(cdf.contiguous(), targets).clamp(max=cdf.shape[-1] - 1)
+    targets = torch.tensor(QUANTILES, device=x.device, dtype=cdf.dtype)
+    # searchsorted(cdf, targets) (side left) on a non-decreasing cdf is the count of entries below each target;
+    # written as that count because ONNX has no searchsorted, so the exported graph computes the same indices.
+    index = (cdf.unsqueeze(-2) < targets[:, None]).sum(-1).clamp(max=cdf.shape[-1] - 1)  # B, 3, Q
     quantiles = ordered.gather(-1, index)  # B, 3, Q
     return torch.cat([mean, std, quantiles], -1).flatten(1)
 
@@ -120,10 +122,7 @@ class S2CRNet(nn.Module):
                                   for _ in range(config.stages))
 
     def category_index(self, category: str | None) -> int:
-        category = UNKNOWN if category is None else category
-        if category not in self.config.categories:
-            raise ValueError(f"unknown category {category!r}; known: {', '.join(self.config.categories)}")
-        return self.config.categories.index(category)
+        return self.config.category_index(category)
 
     def forward_features(self, thumbs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """thumbs: (B, 8, S, S) from model.thumbnails → foreground and background embeddings (B, D) each."""

@@ -4,13 +4,14 @@ One thumbnail tensor per image, (8, S, S) float in [0, 1]:
   [0:3] the foreground crop (the mask's bounding box) resized, [3] the mask over that crop,
   [4:7] the whole composite resized,                            [7] the mask over the whole image.
 The network multiplies them into the paper's inputs: composite × mask and composite × (1 − mask).
+`thumbnail_array` is numpy (what serving uses, with either runtime); `make_thumbnails` is the same as a tensor,
+for training, and importing it imports torch.
 """
 
 import numpy as np
-import torch
 from PIL import Image
 
-__all__ = ["foreground_histogram", "make_thumbnails", "reduced_scale", "THUMB_CHANNELS"]
+__all__ = ["foreground_histogram", "reduced_scale", "thumbnail_array", "THUMB_CHANNELS"]  # + make_thumbnails (lazily)
 
 THUMB_CHANNELS = 8
 _REDUCING_GAP = 2.0  # lets Pillow box-reduce huge images before the antialiased resize: fast and still smooth
@@ -44,7 +45,7 @@ def _scaled_box(box: tuple, size: tuple, onto: tuple) -> tuple:
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def make_thumbnails(image: Image.Image, mask: Image.Image, size: int) -> torch.Tensor:
+def thumbnail_array(image: Image.Image, mask: Image.Image, size: int) -> np.ndarray:
     """image: RGB/RGBA, mask: L with at least one non-zero pixel → (8, size, size) float32.
 
     The image may be smaller than the mask: a reduced decode of the same picture (JPEG DCT scaling), which
@@ -58,18 +59,36 @@ def make_thumbnails(image: Image.Image, mask: Image.Image, size: int) -> torch.T
     fg_mask = _resize(mask, size, box)
     bg = _resize(image, size)
     bg_mask = _resize(mask, size)
-    stacked = np.concatenate([fg, fg_mask[..., None], bg, bg_mask[..., None]], axis=-1)  # S, S, 8
-    return torch.from_numpy(stacked).permute(2, 0, 1).float().div_(255.0)
+    stacked = np.stack([*np.moveaxis(fg, -1, 0), fg_mask, *np.moveaxis(bg, -1, 0), bg_mask])  # 8, S, S uint8
+    return stacked.astype(np.float32) / np.float32(255.0)
 
 
-def foreground_histogram(thumbs: torch.Tensor) -> np.ndarray:
+def _make_thumbnails(image: Image.Image, mask: Image.Image, size: int):
+    """thumbnail_array as a torch tensor (8, size, size) float32, for training."""
+    import torch
+
+    return torch.from_numpy(thumbnail_array(image, mask, size))
+
+
+def __getattr__(name: str):
+    """`make_thumbnails` imports torch when it is imported (training code, at the top of its module), not at its
+    first call: a call measured for time or memory then costs only the thumbnails."""
+    if name == "make_thumbnails":
+        import torch  # noqa: F401
+
+        _make_thumbnails.__name__ = _make_thumbnails.__qualname__ = "make_thumbnails"
+        return _make_thumbnails
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def foreground_histogram(thumbs) -> np.ndarray:
     """(8, S, S) thumbnails → (3, 256) float64: the foreground's level histogram, each pixel weighted by its mask.
 
     Read from the foreground crop thumbnail (channels 0-3: the mask's bounding box at S², so every image costs
     the same S² pixels, however large): an area-averaged view of the full-size crop. Its levels are exact 8-bit
     values (uint8 / 255 in float32 rounds back), so an identity curve scores exactly 0.
     """
-    crop = thumbs[:4].detach().cpu().numpy()
+    crop = np.asarray(thumbs[:4].detach().cpu() if hasattr(thumbs, "detach") else thumbs[:4])
     levels = np.rint(crop[:3] * 255.0).astype(np.int64).reshape(3, -1)  # 3, S·S
     weight = crop[3].astype(np.float64).reshape(-1)
     return np.stack([np.bincount(levels[c], weights=weight, minlength=256) for c in range(3)])

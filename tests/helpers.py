@@ -171,6 +171,14 @@ def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)
 
 
+def doc_section(path: str, name: str) -> str:
+    """The text of `<!-- section: NAME -->` in the repository file `path`, up to the next section marker."""
+    text = (REPO / path).read_text()
+    start = text.index(f"<!-- section: {name} -->")
+    end = text.find("<!-- section:", start + 1)
+    return text[start: end if end != -1 else None]
+
+
 # --- real images ----------------------------------------------------------------------------------------
 def sample_names() -> list[str]:
     """The iHarmony4 sample composites, e.g. 'a0041_1_5' (their masks are masks/a0041_1.png)."""
@@ -311,3 +319,32 @@ def make_iharmony_fixture(root, n: int = 3):
     (root / "IHD_test.txt").write_text("\n".join(names) + "\n")
     (root / "labels.txt").write_text(f"{names[0]} person 0\n")
     return names
+
+
+# --- model fixtures ------------------------------------------------------------------------------------------
+def identity_net():
+    """A fresh S2CRNet whose curves are exactly the identity: every CRM projection (so every log-slope) is 0."""
+    import torch
+
+    from model import ModelConfig, S2CRNet
+
+    net = S2CRNet(ModelConfig())
+    with torch.no_grad():
+        for crm in net.crms:
+            for projection in (crm.bg_proj, crm.fg_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+    return net
+
+
+def shipped_weights_with_onnx(folder: Path) -> Path:
+    """The shipped weights copied into `folder`, with their ONNX export beside them (as the onnx runtime finds it)."""
+    import shutil
+
+    from model import DEFAULT_WEIGHTS
+    from model.onnx_export import export_onnx
+
+    weights = folder / "s2crnet.pt"
+    shutil.copyfile(DEFAULT_WEIGHTS, weights)
+    export_onnx(weights, weights.with_suffix(".onnx"))
+    return weights

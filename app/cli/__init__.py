@@ -5,7 +5,8 @@
     s2crnet harmonize --foreground fg.png --background bg.jpg --at X,Y [--scale S | --box x0,y0,x1,y1]
                       [--feather PX] [--strength S] [--layer] -o out.png
     s2crnet harmonize --layers manifest.csv -o OUTDIR [--layer] [--report CSV]   # many placed layers
-    s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto]
+    s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto] [--runtime auto]
+    s2crnet export --format onnx -o model.onnx [--weights PATH] [--batch dynamic|N]
     s2crnet train ... | s2crnet eval DATASET_DIR ... | s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt
     s2crnet renorm WEIGHTS --photos MANIFEST --out OUT | s2crnet calibrate WEIGHTS --photos MANIFEST --out OUT
     s2crnet info [--json] | s2crnet --version
@@ -22,11 +23,18 @@ from importlib import metadata
 
 from PIL import Image
 
-from .commands import cmd_harmonize, cmd_info, cmd_serve, delegate
+from model.config import DEVICES
+from model.runtime import RUNTIMES
+
+from ..logs import configure_logging
+from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error
 
 __all__ = ["build_parser", "main"]
+
+RUNTIME_HELP = ("what predicts the curves: onnx (onnxruntime, no PyTorch), torch, or auto (default: onnx on the "
+                "CPU when the weights' .onnx export is beside them, else torch)")
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--weights", metavar="PATH",
                                help="weights file (default: the shipped model/weights/s2crnet.pt)")
-    model_options.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    model_options.add_argument("--device", choices=DEVICES, default="auto",
                                help="where the network runs (default: auto = cuda when available)")
+    model_options.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
 
     harmonize = commands.add_parser(
         "harmonize", parents=[model_options], help="harmonize one composite or a whole folder",
@@ -160,9 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped weights)")
-    serve.add_argument("--device", choices=("auto", "cpu", "cuda"),
+    serve.add_argument("--device", choices=DEVICES,
                        help="where the network runs (default auto)")
+    serve.add_argument("--runtime", choices=RUNTIMES, help=RUNTIME_HELP)
     serve.set_defaults(handler=cmd_serve)
+
+    export = commands.add_parser(
+        "export", help="export the curve predictor to ONNX (for the onnx runtime, or any ONNX runtime)",
+        description="Export the network (thumbnails (B, 8, S, S) → curve knots) to ONNX, with the model config, "
+                    "the weights' sha256 and the thumb size in its metadata. Needs PyTorch and the onnx package.")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="the only format: onnx")
+    export.add_argument("-o", "--output", required=True, metavar="OUT", help="the .onnx file to write")
+    export.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped weights)")
+    export.add_argument("--batch", default="dynamic", metavar="dynamic|N",
+                        help="batch size of the graph: dynamic (default) or a fixed N (the runtime pads to it)")
+    export.set_defaults(handler=cmd_export)
 
     # train, eval, average, renorm and calibrate parse their own options (model.training.*), imported only when used.
     for name, module, summary in (
@@ -196,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     warnings.showwarning = _one_line_warning
     quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
-    logging.basicConfig(level=logging.WARNING if quiet_by_default and not args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning" if quiet_by_default and not args.verbose else "info")
     from app.startup import StartupError
 
     try:

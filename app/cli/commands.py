@@ -39,15 +39,17 @@ def _load_harmonizer(args: argparse.Namespace):
     from app.startup import StartupError, load_harmonizer  # torch only for the commands that need the model
 
     try:
-        return load_harmonizer(args.weights, args.device, weights_name="--weights")
+        return load_harmonizer(args.weights, args.device, weights_name="--weights", runtime=args.runtime)
     except StartupError as e:  # a command's error like any other (exit 1); `serve` keeps the 2 and 3
-        raise CliError(str(e).replace("S2CRNET_DEVICE=", "--device ")) from None
+        message = str(e).replace("S2CRNET_DEVICE=", "--device ").replace("S2CRNET_RUNTIME=", "--runtime ")
+        raise CliError(message) from None
 
 
 def _check_category(harmonizer, category: str | None) -> None:
-    if category is not None and category not in harmonizer.config.categories:
-        known = ", ".join(harmonizer.config.categories)
-        raise CliError(f"unknown category {category!r}; this model knows: {known}")
+    try:
+        harmonizer.config.check_category(category)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_harmonize(args: argparse.Namespace) -> int:
@@ -196,11 +198,9 @@ def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path
         if pending:
             harmonizer = _load_harmonizer(args)
             _check_category(harmonizer, args.category)
-            import torch
-
             # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
             # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
-            torch.set_num_threads(max(1, cpu_cores() - args.jobs))
+            harmonizer.set_threads(max(1, cpu_cores() - args.jobs))
             started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
             with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
                       disable=None if args.progress is None else not args.progress) as progress:
@@ -232,10 +232,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Flags given on the command line beat S2CRNET_* variables, which beat the defaults. A bad value is a
     # StartupError: one line and exit 2 (3 for weights that cannot be loaded), as with `python -m app`.
-    settings = settings_from(**{name: getattr(args, name) for name in ("host", "port", "weights", "device")})
+    settings = settings_from(**{name: getattr(args, name)
+                                for name in ("host", "port", "weights", "device", "runtime")})
     from app.main import run  # FastAPI, uvicorn and torch are imported only to serve
 
     run(settings)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`s2crnet export --format onnx -o OUT`: the network of --weights as an ONNX graph (model/onnx_export.py)."""
+    from model import DEFAULT_WEIGHTS
+    from model.runtime import WeightsError, installed
+
+    missing = [package for package in ("torch", "onnx") if not installed(package)]
+    if missing:
+        raise CliError(f"export needs {' and '.join(missing)}: pip install 's2crnet[export]'")
+    from model.onnx_export import export_onnx, parse_batch
+
+    try:
+        batch = parse_batch(args.batch)
+    except ValueError as e:
+        raise CliError(f"--batch: {e}") from None
+    try:
+        out = export_onnx(Path(args.weights) if args.weights else DEFAULT_WEIGHTS, Path(args.output), batch)
+    except WeightsError as e:
+        raise CliError(f"--weights: {e}") from None
+    sys.stdout.write(f"{out}\n")
     return 0
 
 

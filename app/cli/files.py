@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes 
 
 
 @dataclass
-class Job:
+class FolderJob:
     composite: Path
     mask: Path
     output: Path
@@ -86,7 +86,7 @@ class Prepared:
 
     image: Image.Image
     mask: Image.Image
-    thumbs: "torch.Tensor"  # (8, S, S), see model.thumbnails
+    thumbs: "np.ndarray"  # (8, S, S) float32, see model.thumbnails
     icc_profile: bytes | None
     layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
@@ -100,7 +100,7 @@ def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, 
 
 
 def decode_file(path: Path, what: str, composite: bool):
-    from app import imaging  # imports the model package (torch): only for the commands that decode
+    from app import imaging  # imports the model package: only for the commands that decode
     from app.errors import ApiError
 
     try:
@@ -111,7 +111,7 @@ def decode_file(path: Path, what: str, composite: bool):
         raise CliError(f"{path}: {e.detail}") from None
 
 
-def load_job(harmonizer, job: Job) -> Prepared:
+def load_job(harmonizer, job: FolderJob) -> Prepared:
     """Decode, validate and thumbnail one pair (runs in a worker thread)."""
     start = time.perf_counter()
     image, mask, icc_profile = decode_pair(job.composite, job.mask)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     pass
 
-from .files import IMAGE_EXTENSIONS, OUTPUT_FORMATS, CliError, Job, Prepared, load_job, save_image
+from .files import IMAGE_EXTENSIONS, OUTPUT_FORMATS, CliError, FolderJob, Prepared, load_job, save_image
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ def _image_files(root: Path, recursive: bool, exclude: list[Path]) -> list[Path]
 
 
 def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
-                extension: str | None) -> tuple[list[Job], list[tuple[Path, str]]]:
+                extension: str | None) -> tuple[list[FolderJob], list[tuple[Path, str]]]:
     """Pair each composite with its mask: same stem, or iHarmony4 naming (a0041_1_5.jpg ↔ a0041_1.png).
 
     With `recursive`, a composite in composites/sub/ looks for its mask in masks/sub/ and its output goes to
     out_dir/sub/. Returns the jobs and the composites that could not be paired, each with the reason.
     """
-    from model.iharmony import COMPOSITE_NAME  # the model package imports torch: only when pairing
+    from model.iharmony import COMPOSITE_NAME  # the model package: only when pairing
 
     for what, folder in (("composites", composites), ("masks", masks)):
         if not folder.is_dir():
@@ -78,7 +78,7 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
             unpaired.append((path, f"its output {output.name} clashes with that of {outputs[output].name}"))
             continue
         outputs[output] = path
-        jobs.append(Job(path, candidates[0], output))
+        jobs.append(FolderJob(path, candidates[0], output))
     return jobs, unpaired
 
 
@@ -128,11 +128,11 @@ class FolderRun:
         self.summary = summary
         self.base = base
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: list[FolderJob]) -> None:
         todo = iter(jobs)
-        decoding: deque[tuple[Job, Future]] = deque()
-        saving: deque[tuple[Job, Future]] = deque()
-        batch: list[tuple[Job, Prepared]] = []
+        decoding: deque[tuple[FolderJob, Future]] = deque()
+        saving: deque[tuple[FolderJob, Future]] = deque()
+        batch: list[tuple[FolderJob, Prepared]] = []
         exhausted = False
         try:
             while True:
@@ -165,7 +165,7 @@ class FolderRun:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _infer(self, batch: list[tuple[Job, Prepared]]) -> list[tuple[Job, Future]]:
+    def _infer(self, batch: list[tuple[FolderJob, Prepared]]) -> list[tuple[FolderJob, Future]]:
         start = time.perf_counter()
         try:
             curves = self.harmonizer.curves_from_thumbnails([p.thumbs for _, p in batch],
@@ -179,7 +179,7 @@ class FolderRun:
         return [(job, self.pool.submit(self._render_and_save, job, prepared, c.with_strength(self.strength)))
                 for (job, prepared), c in zip(batch, curves, strict=True)]
 
-    def _render_and_save(self, job: Job, prepared: Prepared, curves) -> tuple[dict | None, dict[str, float]]:
+    def _render_and_save(self, job: FolderJob, prepared: Prepared, curves) -> tuple[dict | None, dict[str, float]]:
         start = time.perf_counter()
         if self.layer_output:
             from model.layers import cut_layer
@@ -193,7 +193,7 @@ class FolderRun:
         timings = {**prepared.timings, "render": rendered - start, "encode": time.perf_counter() - rendered}
         return curves.mismatch, timings
 
-    def _finish_save(self, job: Job, future: Future) -> None:
+    def _finish_save(self, job: FolderJob, future: Future) -> None:
         try:
             mismatch, timings = future.result()
         except Exception as e:  # an unwritable output is reported, the run goes on
@@ -204,7 +204,7 @@ class FolderRun:
             self.report.write(job.source, job.output, "harmonized", mismatch=mismatch, timings=timings)
         self.progress.update()
 
-    def _fail(self, job: Job, error: Exception) -> None:
+    def _fail(self, job: FolderJob, error: Exception) -> None:
         reason = describe_error(error)
         self.summary.failed.append((job.source, reason))
         if self.report is not None:

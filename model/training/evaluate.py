@@ -8,8 +8,8 @@
 Protocol: predict at full resolution; resize composite, prediction and real to 256×256 (bicubic) and the mask
 too (thresholded at half); MSE over the image, fMSE over the foreground (Σ_fg err² / (3·N_fg)), PSNR, fPSNR
 (data range 255, capped at 100 dB) and SSIM (scikit-image); "All" is the mean over images, plus one row per
-iHarmony4 subset. "worse" is the share of images a method leaves more than 20% worse (MSE) than the composite,
-the issue's per-image bar: a mean can hide the few it spoils.
+iHarmony4 subset. "worse" is the share of images a method leaves more than 20% worse (MSE) than the composite:
+a mean can hide the few it spoils.
 """
 
 import argparse

@@ -1,8 +1,9 @@
-"""Training losses, per image over the mask, on 0–1 pixels."""
+"""Training losses, per image over the mask, on 0–1 pixels; and the patch discriminator of the optional GAN term."""
 
 import torch
+from torch import nn
 
-__all__ = ["harm", "masked_l1", "masked_l1_per_image", "mismatch_weights"]
+__all__ = ["Discriminator", "harm", "masked_l1", "masked_l1_per_image", "mismatch_weights"]
 
 
 def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -31,3 +32,18 @@ def mismatch_weights(composite: torch.Tensor, real: torch.Tensor, mask: torch.Te
 def harm(pred: torch.Tensor, composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of each image's error beyond its composite's: the damage done, not the gain missed."""
     return (masked_l1_per_image(pred, real, mask) - masked_l1_per_image(composite, real, mask)).clamp_min(0).mean()
+
+
+class Discriminator(nn.Module):
+    """A small patch discriminator on (image, mask) for the optional LSGAN term."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers, ch = [], 4
+        for out in (width, width * 2, width * 4, width * 4):
+            layers += [nn.Conv2d(ch, out, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            ch = out
+        self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 3, 1, 1))
+
+    def forward(self, image, mask):
+        return self.net(torch.cat([image, mask], 1))

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -33,9 +32,9 @@ from ..network import S2CRNet, count_parameters
 from ..weights import load_initial_weights, save_weights
 from .batch_norm import batch_norm_thumbnails, recompute_batch_norm
 from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource, validation_batches
-from .losses import harm, masked_l1, mismatch_weights
+from .losses import Discriminator, harm, masked_l1, mismatch_weights
 from .pretrained import load_imagenet_weights
-from .real_triples import RealTriples
+from .quality import RealTriples, estimate_quality, selection_key
 from .recipes import RECIPES, recipe_defaults
 
 __all__ = ["add_arguments", "main", "parse_arguments", "run"]
@@ -121,27 +120,6 @@ def get_lr(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-class Discriminator(nn.Module):
-    """A small patch discriminator on (image, mask) for the optional LSGAN term."""
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        layers, ch = [], 4
-        for out in (width, width * 2, width * 4, width * 4):
-            layers += [nn.Conv2d(ch, out, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-            ch = out
-        self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 3, 1, 1))
-
-    def forward(self, image, mask):
-        return self.net(torch.cat([image, mask], 1))
-
-
-def selection_key(quality: dict) -> tuple[float, float]:
-    """Checkpoints are chosen by the real triples' MSE ratio (to 0.01), then the held-out photos' MSE; without
-    real triples, by the held-out MSE alone."""
-    return (round(quality.get("real_ratio", 0.0), 2), quality["mse"])
-
-
 def param_groups(net: S2CRNet, backbone_lr_scale: float) -> list[dict]:
     """Trainable parameters; the ImageNet layers (if any) at their own share of the learning rate."""
     imagenet = {id(p) for p in getattr(net.backbone, "features", nn.Module()).parameters()}
@@ -158,25 +136,6 @@ def training_sources(args) -> list:
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")
     return sources
-
-
-@torch.no_grad()
-def estimate_quality(net: S2CRNet, val: list[dict], device) -> dict[str, float]:
-    """MSE / fMSE (0–255 scale) of the last stage and of doing nothing, on the fixed validation pairs."""
-    net.eval()
-    sums = np.zeros(4)
-    for batch in val:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        pred = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])[-1]
-        fg = (batch["mask"] > 0.5).float()
-        for i, image in enumerate((pred, batch["composite"])):
-            err = ((image - batch["real"]) * 255) ** 2
-            sums[i] += err.mean((1, 2, 3)).sum().item()
-            sums[2 + i] += ((err * fg).sum((1, 2, 3)) / (3 * fg.sum((1, 2, 3)).clamp_min(1))).sum().item()
-    net.train()
-    n = sum(len(b["thumbs"]) for b in val)
-    mse, base_mse, fmse, base_fmse = (float(v) for v in sums / n)  # plain floats: checkpoints load weights_only
-    return {"mse": mse, "fmse": fmse, "baseline_mse": base_mse, "baseline_fmse": base_fmse}
 
 
 def run(args) -> dict:

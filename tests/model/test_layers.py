@@ -4,10 +4,10 @@ feather; PIL and numpy in, the same kind out; strength as one formula; the misma
 import numpy as np
 import pytest
 import torch
-from helpers import real_cutout, real_pair
+from helpers import identity_net, real_cutout, real_pair
 from PIL import Image
 
-from model import Curves, Harmonizer, ModelConfig, S2CRNet
+from model import Curves, Harmonizer
 from model.layers import LayerError, compose, cut_layer, parse_box, parse_point, place
 
 
@@ -174,13 +174,7 @@ def test_mismatch_estimate_is_within_a_level_of_the_full_resolution_figure(shipp
 
 
 def test_mismatch_is_zero_for_the_identity_and_follows_a_known_curve():
-    net = S2CRNet(ModelConfig())
-    with torch.no_grad():
-        for crm in net.crms:
-            for projection in (crm.bg_proj, crm.fg_proj):
-                projection.weight.zero_()
-                projection.bias.zero_()
-    identity = Harmonizer(net, torch.device("cpu"))
+    identity = Harmonizer(identity_net(), torch.device("cpu"))
     composite, mask = real_pair(320, 240, 0)
     (curves,) = identity.predict_curves([composite], [mask])
     assert curves.mismatch == {"mean": 0, "r": 0, "g": 0, "b": 0}

@@ -10,11 +10,9 @@ import subprocess
 import httpx
 import numpy as np
 import pytest
-import torch
-from helpers import REPO, decode, encode, photo_pair, post_image, real_cutout, real_pair, start_server
+from helpers import REPO, decode, encode, identity_net, photo_pair, post_image, real_cutout, real_pair, start_server
 from PIL import Image
 
-from model import ModelConfig, S2CRNet
 from model.harmonizer import save_weights
 
 
@@ -160,14 +158,8 @@ def test_strength_zero_for_layer_input_returns_the_composite(server, cutout, bac
 @pytest.fixture(scope="module")
 def identity_server(tmp_path_factory):
     """A server whose curves are exactly the identity: every log-slope 0."""
-    net = S2CRNet(ModelConfig())
-    with torch.no_grad():
-        for crm in net.crms:
-            for projection in (crm.bg_proj, crm.fg_proj):
-                projection.weight.zero_()
-                projection.bias.zero_()
     path = tmp_path_factory.mktemp("identity") / "identity.pt"
-    save_weights(path, net)
+    save_weights(path, identity_net())
     handle = start_server({"S2CRNET_WEIGHTS": str(path), "S2CRNET_LOG_LEVEL": "warning"})
     yield handle
     handle.stop()
@@ -285,9 +277,9 @@ def test_bad_layer_input_gets_its_422(server, cutout, background, index):
 
 # --- the README's ffmpeg recipe ---------------------------------------------------------------------------------
 def _readme_ffmpeg_command() -> str:
-    readme = (REPO / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "maskedmerge" in b]
-    assert len(blocks) == 1, "the README needs one ```bash block with the lut1d + maskedmerge recipe"
+    reference = (REPO / "docs" / "API.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", reference, re.S) if "maskedmerge" in b]
+    assert len(blocks) == 1, "docs/API.md needs one ```bash block with the lut1d + maskedmerge recipe"
     lines = [line for line in blocks[0].replace("\\\n", " ").splitlines() if line.startswith("ffmpeg ")]
     assert len(lines) == 1
     return lines[0]

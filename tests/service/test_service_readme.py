@@ -1,9 +1,9 @@
-"""The README's service section agrees with the code: settings table, error codes, metrics, curl example."""
+"""The API reference (docs/API.md) agrees with the code: settings table, error codes, metrics, curl example."""
 
 import re
 
 import pytest
-from helpers import REPO
+from helpers import doc_section
 
 from app.errors import ERROR_CODES
 from app.metrics import Metrics
@@ -12,10 +12,7 @@ from app.settings import Settings
 
 @pytest.fixture(scope="module")
 def section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("<!-- section: service -->")
-    end = text.index("<!-- section:", start + 1)
-    return text[start:end]
+    return doc_section("docs/API.md", "service")
 
 
 def _rows(section: str, first_cell: str) -> list[list[str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, SAMPLES, decode, encode, exif_bytes, real_cutout, real_pair, start_server
+from helpers import REPO, SAMPLES, decode, doc_section, encode, exif_bytes, real_cutout, real_pair, start_server
 from PIL import Image, ImageCms
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet
@@ -389,15 +389,8 @@ def test_serve_flags_override_environment(weights):
         handle.stop()
 
 
-def readme_section(name: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    start = readme.index(f"<!-- section: {name} -->")
-    end = readme.find("<!-- section:", start + 1)
-    return readme[start: end if end != -1 else None]
-
-
 def test_readme_python_example_runs(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", readme_section("python"), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", doc_section("README.md", "python"), re.S)
     assert blocks, "the README's python section needs a ```python block"
     # The example reads ../shared/data from the repository root: give it the same view from a scratch folder.
     workdir = tmp_path / "project"
@@ -418,10 +411,11 @@ def test_readme_python_example_runs(tmp_path):
     assert all(layer.mode == "RGBA" for layer in layers)
 
 
-def test_readme_cli_examples_parse():
+@pytest.mark.parametrize("path", ["README.md", "docs/CLI.md"])
+def test_readme_cli_examples_parse(path):
     from app.cli import build_parser
 
-    lines = [line.strip() for line in readme_section("cli").replace("\\\n", " ").splitlines()]
+    lines = [line.strip() for line in doc_section(path, "cli").replace("\\\n", " ").splitlines()]
     lines = [line for line in lines if line.startswith("s2crnet ")]
     assert len(lines) >= 5
     for line in lines:

@@ -1,6 +1,7 @@
-"""Real composites with their real photos (iHarmony4 layout), scored during training to choose checkpoints.
+"""What training measures to choose checkpoints: held-out recoloured pairs (`estimate_quality`) and real composites
+with their real photos (`RealTriples`, iHarmony4 layout), combined by `selection_key`.
 
-Recoloured held-out photos reward undoing our own generator; real composites reward what users see. Each triple
+Recoloured held-out photos reward undoing our own generator; real composites reward what users see. Each real triple
 is loaded once: thumbnails from the full-resolution composite (as serving makes them) and the composite, mask and
 real photo at the evaluation size (256², bicubic). The curves are applied at 256², which tracks `s2crnet eval`
 (curves at full resolution, then resized) closely enough to rank checkpoints; the final figures come from eval.
@@ -14,12 +15,21 @@ from PIL import Image
 
 from ..curves import apply_curves
 from ..iharmony import read_iharmony_split
+from ..network import S2CRNet
 from ..thumbnails import make_thumbnails
 from .evaluate import WORSE_MARGIN, open_upright
 
-__all__ = ["RealTriples"]
+__all__ = ["RealTriples", "estimate_quality", "selection_key", "squared_errors"]
 
 EVAL_SIZE = 256
+
+
+def squared_errors(pred: torch.Tensor, real: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B,): MSE over the image and fMSE over the foreground `fg` (B, 1, H, W bool), on the 0–255 scale
+    from images in [0, 1] — the same rule as `evaluate.score`, in torch for whole batches."""
+    err = ((pred - real) * 255).square()
+    fg = fg.to(err.dtype)
+    return err.mean((1, 2, 3)), (err * fg).sum((1, 2, 3)) / (3 * fg.sum((1, 2, 3)).clamp_min(1))
 
 
 def _tensor(im: Image.Image) -> torch.Tensor:
@@ -56,8 +66,33 @@ class RealTriples:
         knots = net.forward_head(*net.forward_features(self.thumbs.to(device))).cpu()
         net.train(was_training)
         pred = apply_curves(self.composites, self.masks, knots, net.config.strength)[-1]
-        mse = ((pred - self.reals) * 255).square().mean((1, 2, 3))
-        baseline = ((self.composites - self.reals) * 255).square().mean((1, 2, 3))
+        mse, _ = squared_errors(pred, self.reals, self.masks > 0.5)
+        baseline, _ = squared_errors(self.composites, self.reals, self.masks > 0.5)
         return {"real_mse": float(mse.mean()), "real_baseline_mse": float(baseline.mean()),
                 "real_ratio": float(mse.mean() / baseline.mean()),
                 "real_worse": int((mse > WORSE_MARGIN * baseline).sum()), "real_n": len(self)}
+
+
+@torch.no_grad()
+def estimate_quality(net: S2CRNet, val: list[dict], device) -> dict[str, float]:
+    """MSE / fMSE (0–255 scale) of the last stage and of doing nothing, on the fixed validation pairs."""
+    net.eval()
+    sums = np.zeros(4)
+    for batch in val:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        pred = net(batch["thumbs"], batch["composite"], batch["mask"], batch["category"])[-1]
+        fg = batch["mask"] > 0.5
+        for i, image in enumerate((pred, batch["composite"])):
+            mse, fmse = squared_errors(image, batch["real"], fg)
+            sums[i] += mse.sum().item()
+            sums[2 + i] += fmse.sum().item()
+    net.train()
+    n = sum(len(b["thumbs"]) for b in val)
+    mse, base_mse, fmse, base_fmse = (float(v) for v in sums / n)  # plain floats: checkpoints load weights_only
+    return {"mse": mse, "fmse": fmse, "baseline_mse": base_mse, "baseline_fmse": base_fmse}
+
+
+def selection_key(quality: dict) -> tuple[float, float]:
+    """Checkpoints are chosen by the real triples' MSE ratio (to 0.01), then the held-out photos' MSE; without
+    real triples, by the held-out MSE alone."""
+    return (round(quality.get("real_ratio", 0.0), 2), quality["mse"])
