@@ -1,7 +1,7 @@
 """One request, top to bottom: headers → memory reservation → decode (and compose) → thumbnails → batch →
 curves (`predict`) → render → encode (`render_and_encode`). A JPEG composite's thumbnails come from a reduced
-decode and are batched while its full-size decode runs (`_prepare_composite`), so decode overlaps thumbnail,
-queue and infer in the timings. Every blocking step runs in the service's worker pool; the routes
+decode and are batched while its full-size decode runs (`_prepare_composite`): stage decode_full overlaps
+thumbnail, queue and infer in the timings. Every blocking step runs in the service's worker pool; the routes
 (app/routes.py) only read the form and shape the answer."""
 
 import asyncio
@@ -171,7 +171,8 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
             image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite, decoded_mask)
         decoded_composite.image = image
         return decoded_composite, mask_image, thumbs
-    full = asyncio.ensure_future(_full_decode(service, timings, opened, start))
+    _observe(service, timings, "decode", start)  # what the thumbnails waited for: headers, reduced pass, mask
+    full = asyncio.ensure_future(_full_decode(service, timings, opened))
     stack.push_async_callback(_settle, full)  # the reservation outlives the worker still decoding into it
     service.metrics.megapixels.observe(reduced.size[0] * reduced.size[1] / 1e6)
     try:
@@ -185,9 +186,11 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
     return full, mask_image, thumbs
 
 
-async def _full_decode(service: Service, timings: dict, opened, start: float) -> imaging.Decoded:
+async def _full_decode(service: Service, timings: dict, opened) -> imaging.Decoded:
+    """The full-size decode beside thumbnail, queue and infer: its own stage, decode_full."""
+    start = time.perf_counter()
     decoded = await service.run_blocking(imaging.decode_opened, opened, "composite", True, True)
-    _observe(service, timings, "decode", start)
+    _observe(service, timings, "decode_full", start)
     return decoded
 
 

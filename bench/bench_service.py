@@ -137,7 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 def latency_table(urls: dict[str, str], quick: bool) -> list[str]:
     """One row per image side and server (`urls`: label → URL), their requests alternating."""
     rows = ["| image | server | requests | p50 ms | p95 ms | decode+encode p50 ms (in-process) | ratio | "
-            "server stages p50 ms (decode / thumbnail / queue / infer / render / encode / critical) |",
+            "server stages p50 ms (decode / thumbnail / queue / infer / decode_full / render / encode / critical) |",
             "|---|---|---|---|---|---|---|---|"]
     clients = {label: httpx.Client() for label in urls}
     try:
@@ -159,8 +159,8 @@ def latency_table(urls: dict[str, str], quick: bool) -> list[str]:
             for label in urls:
                 p50 = statistics.median(walls[label])
                 breakdown = " / ".join(f"{statistics.median(s.get(name, 0.0) for s in stages[label]):.0f}"
-                                       for name in ("decode", "thumbnail", "queue", "infer", "render", "encode",
-                                                    "critical"))
+                                       for name in ("decode", "thumbnail", "queue", "infer", "decode_full", "render",
+                                                    "encode", "critical"))
                 rows.append(f"| {side}² JPEG ({len(pair[0]) // 1024} KiB) | {label} | {count} | {p50:.0f} | "
                             f"{percentile(walls[label], 0.95):.0f} | {baseline:.0f} | {p50 / baseline:.2f}× | "
                             f"{breakdown} |")
