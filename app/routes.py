@@ -68,10 +68,11 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
 
     async def work():
         async with AsyncExitStack() as stack:
-            prediction = await predict(service, timings, form, category, strength, stack)
-            request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
-            mismatch.update(prediction.curves.mismatch)
-            return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
+            with service.stage(timings, "critical"):
+                prediction = await predict(service, timings, form, category, strength, stack)
+                request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
+                mismatch.update(prediction.curves.mismatch)
+                return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
 
     body, media_type = await with_deadline(service, request, work())
     headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),
@@ -98,7 +99,8 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
 
     async def work():
         async with AsyncExitStack() as stack:
-            prepared = await predict(service, timings, form, category, strength, stack)
+            with service.stage(timings, "critical"):
+                prepared = await predict(service, timings, form, category, strength, stack)
             request.state.image_size = prepared.decoded.image.size  # for the access line (app.logs)
             return prepared.curves
 
