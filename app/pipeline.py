@@ -24,21 +24,12 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prediction", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
-           "with_deadline"]
+__all__ = ["Prediction", "predict", "render_and_encode", "with_deadline"]
 
 log = logging.getLogger(__name__)
 
 TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed memory back (malloc_trim) after it
 MAX_REDUCED_SCALE = 0.5  # thumbnails from a reduced decode only when it is half the size or less: else no gain
-
-
-def check_category(service: Service, category: str | None) -> str | None:
-    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
-    try:
-        return service.harmonizer.config.check_category(category or None)
-    except ValueError as e:
-        raise ApiError(422, "unknown_category", str(e)) from None
 
 
 def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):
@@ -308,24 +299,3 @@ def _raise_first(outcomes: list) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-def accepted_formats(request: Request, requested: str | None) -> list[str] | None:
-    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
-    none of ours, or not the `format` the form asks for."""
-    accept = request.headers.get("accept")
-    accepted = imaging.acceptable_formats(accept)
-    if accepted is not None and (not accepted or (requested and requested not in accepted)):
-        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
-        if accepted:
-            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
-        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
-                       f"answers: {ours}")
-    return accepted
-
-
-def server_timing(timings: dict[str, float], total: float) -> str:
-    parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
-    return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
-
-
