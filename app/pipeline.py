@@ -1,16 +1,21 @@
 """One request, top to bottom: headers → memory reservation → decode (and compose) → thumbnails → batch →
-curves (`predict`) → render → encode (`render_and_encode`). Every blocking step runs in the service's worker pool;
-the routes (app/routes.py) only read the form and shape the answer."""
+curves (`predict`) → render → encode (`render_and_encode`). A JPEG composite's thumbnails come from a reduced
+decode and are batched while its full-size decode runs (`_prepare_composite`): stage decode_full overlaps
+thumbnail, queue and infer in the timings. Every blocking step runs in the service's worker pool; the routes
+(app/routes.py) only read the form and shape the answer."""
 
 import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from fastapi import Request, UploadFile
 
 from model import Curves
+from model.inputs import check_mask, mask_to_pil
 from model.layers import Layered, LayerError, compose, cut_layer
+from model.thumbnails import reduced_scale, thumbnail_array
 
 from . import imaging, memory
 from .batcher import BatcherClosed, QueueFull
@@ -19,27 +24,16 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prediction", "accepted_formats", "check_category", "predict", "render_and_encode", "server_timing",
-           "with_deadline"]
+__all__ = ["Prediction", "predict", "render_and_encode", "with_deadline"]
 
 log = logging.getLogger(__name__)
 
 TRIM_AFTER_PIXELS = 4_000_000  # a request at least this large hands its freed memory back (malloc_trim) after it
-
-
-def check_category(service: Service, category: str | None) -> str | None:
-    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
-    try:
-        return service.harmonizer.config.check_category(category or None)
-    except ValueError as e:
-        raise ApiError(422, "unknown_category", str(e)) from None
+MAX_REDUCED_SCALE = 0.5  # thumbnails from a reduced decode only when it is half the size or less: else no gain
 
 
 def _prepare(service: Service, composite: imaging.Decoded, mask: imaging.Decoded):
-    if composite.image.size != mask.image.size:
-        (cw, ch), (mw, mh) = composite.image.size, mask.image.size
-        raise ApiError(422, "mask_size_mismatch", f"the mask is {mw}×{mh} but the composite is {cw}×{ch} "
-                       "(after EXIF orientation); they must be the same size")
+    _check_sizes(composite.image.size, mask.image.size)
     try:
         return service.harmonizer.prepare(composite.image, mask.image)
     except ValueError as e:  # the model's sentence: empty mask, mask without background, bad mode
@@ -90,11 +84,10 @@ async def _reserved(service: Service, pixels: int):
                 service.pool.submit(memory.trim)  # off the event loop; a few ms
 
 
-async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
-                        stack: AsyncExitStack) -> list[imaging.Decoded]:
-    """Read every (file, name, is_colour_image)'s header, reserve the memory their pixels will need (held until
-    `stack` closes), then decode them all at once (Pillow decodes without holding the GIL). When several are
-    bad, the first one's error, every time."""
+async def _open_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
+                      stack: AsyncExitStack) -> list:
+    """Read every (file, name, is_colour_image)'s header and reserve the memory their pixels will need (held
+    until `stack` closes). When several are bad, the first one's error, every time."""
     max_pixels = service.settings.max_pixels
     opened = await asyncio.gather(*(service.run_blocking(imaging.open_image, part.file, name, max_pixels)
                                     for part, name, _ in parts), return_exceptions=True)
@@ -103,6 +96,13 @@ async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, boo
     sizes = [image.width * image.height for image in opened]
     colour = sum(size for size, (_, _, is_colour) in zip(sizes, parts, strict=True) if is_colour)
     await stack.enter_async_context(_reserved(service, max(colour, *sizes)))
+    return opened
+
+
+async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
+                        stack: AsyncExitStack) -> list[imaging.Decoded]:
+    """_open_parts, then decode them all at once (Pillow decodes without holding the GIL)."""
+    opened = await _open_parts(service, parts, stack)
     decoded = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, image, name, is_colour)
                                      for image, (_, name, is_colour) in zip(opened, parts, strict=True)),
                                    return_exceptions=True)
@@ -110,18 +110,90 @@ async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, boo
     return decoded
 
 
+def _check_sizes(size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+    if size != mask_size:
+        (cw, ch), (mw, mh) = size, mask_size
+        raise ApiError(422, "mask_size_mismatch", f"the mask is {mw}×{mh} but the composite is {cw}×{ch} "
+                       "(after EXIF orientation); they must be the same size")
+
+
+def _thumbnails_from_reduced(service: Service, opened, reduced: imaging.Reduced, mask: imaging.Decoded):
+    """The reduced composite + the full-size mask → (L mask, thumbnails), with prepare's checks. A mask box too
+    small for the first (whole-image) scale is decoded again, finer (model/thumbnails.py's reduced_scale)."""
+    _check_sizes(reduced.size, mask.image.size)
+    try:
+        mask_image = mask_to_pil(mask.image)
+        check_mask(reduced.size, mask_image)
+    except ValueError as e:  # the model's sentence: empty mask, mask without background
+        raise ApiError(422, "invalid_mask", str(e)) from None
+    thumb = service.harmonizer.config.thumb
+    scale = reduced_scale(reduced.size, mask_image.getbbox(), thumb)
+    if reduced.image.width < scale * reduced.size[0]:  # the same data decoded once already: it decodes again
+        reduced = imaging.decode_reduced(opened, "composite", scale, reduced.data) or reduced
+    return mask_image, thumbnail_array(reduced.image, mask_image, thumb)
+
+
 async def _prepare_composite(service: Service, timings: dict, composite: UploadFile, mask: UploadFile,
                              stack: AsyncExitStack):
-    """composite + mask → (decoded composite, mask image, thumbnails)."""
-    with service.stage(timings, "decode"):
-        decoded_composite, decoded_mask = await _decode_parts(service, [(composite, "composite", True),
-                                                                        (mask, "mask", False)], stack)
-    width, height = decoded_composite.image.size
-    service.metrics.megapixels.observe(width * height / 1e6)
-    with service.stage(timings, "thumbnail"):
-        image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite, decoded_mask)
-    decoded_composite.image = image
-    return decoded_composite, mask_image, thumbs
+    """composite + mask → (decoded composite or a future of it, mask image, thumbnails).
+
+    A JPEG is first read at a reduced scale (the data check, which reads it anyway), with the mask beside it;
+    then the full-size decode runs on one worker while the thumbnails are made from the reduced pixels and
+    batched, so the curves are ready about when the pixels are. Other formats: decode, then thumbnails."""
+    start = time.perf_counter()
+    opened, opened_mask = await _open_parts(service, [(composite, "composite", True), (mask, "mask", False)], stack)
+    scale = reduced_scale(opened.size, None, service.harmonizer.config.thumb)
+    reduced = decoded_mask = None
+    if opened.format == "JPEG" and scale <= MAX_REDUCED_SCALE:
+        outcomes = await asyncio.gather(service.run_blocking(imaging.decode_reduced, opened, "composite", scale),
+                                        service.run_blocking(imaging.decode_opened, opened_mask, "mask", False),
+                                        return_exceptions=True)
+        _raise_first(outcomes)
+        reduced, decoded_mask = outcomes
+    if reduced is None:  # not a JPEG, a small one, or one libjpeg-turbo cannot give as RGB: decode, then thumbnails
+        work = [(opened, "composite", True)] + ([(opened_mask, "mask", False)] if decoded_mask is None else [])
+        outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, *args) for args in work),
+                                        return_exceptions=True)
+        _raise_first(outcomes)
+        _observe(service, timings, "decode", start)
+        decoded_composite, decoded_mask = outcomes[0], decoded_mask or outcomes[1]
+        service.metrics.megapixels.observe(decoded_composite.image.width * decoded_composite.image.height / 1e6)
+        with service.stage(timings, "thumbnail"):
+            image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded_composite, decoded_mask)
+        decoded_composite.image = image
+        return decoded_composite, mask_image, thumbs
+    _observe(service, timings, "decode", start)  # what the thumbnails waited for: headers, reduced pass, mask
+    full = asyncio.ensure_future(_full_decode(service, timings, opened))
+    stack.push_async_callback(_settle, full)  # the reservation outlives the worker still decoding into it
+    service.metrics.megapixels.observe(reduced.size[0] * reduced.size[1] / 1e6)
+    try:
+        with service.stage(timings, "thumbnail"):
+            mask_image, thumbs = await service.run_blocking(_thumbnails_from_reduced, service, opened, reduced,
+                                                            decoded_mask)
+    except ApiError:
+        await asyncio.wait({full})  # a composite that fails to decode is reported first, as before
+        full.result()
+        raise
+    return full, mask_image, thumbs
+
+
+async def _full_decode(service: Service, timings: dict, opened) -> imaging.Decoded:
+    """The full-size decode beside thumbnail, queue and infer: its own stage, decode_full."""
+    start = time.perf_counter()
+    decoded = await service.run_blocking(imaging.decode_opened, opened, "composite", True, True)
+    _observe(service, timings, "decode_full", start)
+    return decoded
+
+
+async def _settle(future: asyncio.Future) -> None:
+    """Wait for a worker's result, whatever it is (its error is reported elsewhere or not needed)."""
+    with suppress(Exception, asyncio.CancelledError):
+        await asyncio.shield(future)
+
+
+def _observe(service: Service, timings: dict, stage: str, start: float) -> None:
+    timings[stage] = time.perf_counter() - start
+    service.metrics.stage_duration.labels(stage).observe(timings[stage])
 
 
 def _compose(service: Service, form: InputForm, foreground: imaging.Decoded, foreground_mask,
@@ -191,6 +263,8 @@ async def predict(service: Service, timings: dict, form: InputForm, category: st
     finally:
         if not job.future.done():
             job.future.cancel()
+    if isinstance(decoded, asyncio.Future):  # the full-size decode, running beside the thumbnails and the batch
+        decoded = await decoded
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
     return Prediction(decoded, mask_image, curves.with_strength(strength), layered)
@@ -225,24 +299,3 @@ def _raise_first(outcomes: list) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-def accepted_formats(request: Request, requested: str | None) -> list[str] | None:
-    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
-    none of ours, or not the `format` the form asks for."""
-    accept = request.headers.get("accept")
-    accepted = imaging.acceptable_formats(accept)
-    if accepted is not None and (not accepted or (requested and requested not in accepted)):
-        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
-        if accepted:
-            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
-        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
-                       f"answers: {ours}")
-    return accepted
-
-
-def server_timing(timings: dict[str, float], total: float) -> str:
-    parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
-    return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
-
-

@@ -17,13 +17,14 @@ import model
 from . import forms, imaging
 from .errors import ApiError, ErrorBody, error_response
 from .forms import read_form
-from .pipeline import accepted_formats, check_category, predict, render_and_encode, server_timing, with_deadline
+from .pipeline import predict, render_and_encode, with_deadline
 from .service import Service
 
 __all__ = ["api", "ops", "ServiceDep", "MISMATCH_HEADER"]
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
+    """Async on purpose: FastAPI runs a plain-def dependency in a worker thread, a hop per request for nothing."""
     return request.app.state.service
 
 
@@ -34,6 +35,33 @@ CompositeFile = Annotated[UploadFile | None, File(description="the composite (JP
 MaskFile = Annotated[UploadFile | None, File(description="mask of the same size; value/255 = foreground weight")]
 CategoryField = Annotated[str | None, Form(description="a category the model knows (GET /info)")]
 MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, in 8-bit levels
+
+def check_category(service: Service, category: str | None) -> str | None:
+    """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
+    try:
+        return service.harmonizer.config.check_category(category or None)
+    except ValueError as e:
+        raise ApiError(422, "unknown_category", str(e)) from None
+
+
+def accepted_formats(request: Request, requested: str | None) -> list[str] | None:
+    """The output formats the request's Accept header allows (None: any); 406 before any work when it allows
+    none of ours, or not the `format` the form asks for."""
+    accept = request.headers.get("accept")
+    accepted = imaging.acceptable_formats(accept)
+    if accepted is not None and (not accepted or (requested and requested not in accepted)):
+        ours = ", ".join(media for _, media in imaging.OUTPUT_FORMATS.values())
+        if accepted:
+            raise ApiError(406, "not_acceptable", f"format={requested} is not allowed by Accept: {accept[:200]!r}")
+        raise ApiError(406, "not_acceptable", f"Accept: {accept[:200]!r} allows none of the images this endpoint "
+                       f"answers: {ours}")
+    return accepted
+
+
+def server_timing(timings: dict[str, float], total: float) -> str:
+    parts = [f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in timings.items()]
+    return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
+
 
 api = APIRouter(responses=ERRORS)
 ops = APIRouter()
@@ -67,10 +95,11 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
 
     async def work():
         async with AsyncExitStack() as stack:
-            prediction = await predict(service, timings, form, category, strength, stack)
-            request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
-            mismatch.update(prediction.curves.mismatch)
-            return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
+            with service.stage(timings, "critical"):
+                prediction = await predict(service, timings, form, category, strength, stack)
+                request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
+                mismatch.update(prediction.curves.mismatch)
+                return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
 
     body, media_type = await with_deadline(service, request, work())
     headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),
@@ -97,7 +126,8 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
 
     async def work():
         async with AsyncExitStack() as stack:
-            prepared = await predict(service, timings, form, category, strength, stack)
+            with service.stage(timings, "critical"):
+                prepared = await predict(service, timings, form, category, strength, stack)
             request.state.image_size = prepared.decoded.image.size  # for the access line (app.logs)
             return prepared.curves
 

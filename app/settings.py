@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model.config import DEVICES
 from model.runtime import RUNTIMES
 
+from .imaging import PNG_COMPRESS_LEVEL
+
 __all__ = ["Settings"]
 
 MIB = 1024 * 1024
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     # before decoding; more wait, then 503). ~6 bytes a pixel: 200 MP ≈ 1.2 GB, for a 2 GB container.
     max_inflight_pixels: int = Field(200_000_000, ge=1)
     release_memory: bool = True  # glibc: large buffers unmapped when freed, malloc_trim after large requests
-    png_compress_level: int = Field(1, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
+    png_compress_level: int = Field(PNG_COMPRESS_LEVEL, ge=0, le=9)  # zlib level of PNG output (1 = fast, 9 = small)
     default_quality: int = Field(95, ge=1, le=100)  # JPEG/WebP quality when the request names none
     worker_threads: int = Field(4, ge=1, le=256)  # threads for decode, thumbnails, render and encode
     # Intra-op threads of the forward pass (PyTorch or onnxruntime). 1: requests already run in parallel on the

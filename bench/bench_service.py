@@ -1,6 +1,6 @@
 """Benchmark of the REST service end to end over HTTP on 127.0.0.1 (a real uvicorn server per configuration).
 
-    nice -n 15 .venv/bin/python bench/bench_service.py [--quick] [--weights PATH]
+    nice -n 15 .venv/bin/python bench/bench_service.py [--quick] [--weights PATH] [--against TREE]
 
 Prints two tables:
 1. latency p50/p95 of POST /harmonize for 1024², 2048², 4096² JPEGs at concurrency 1, beside an in-process
@@ -8,6 +8,10 @@ Prints two tables:
    and their ratio; plus the server's own stage times (Server-Timing, p50).
 2. throughput (images/s) at concurrency 1, 4 and 8 with batching on (max_batch_size 8) and off (1).
 Target on 2 CPU cores with the default model: 2048² JPEG p50 ≤ 100 ms end to end.
+
+--against TREE (another checkout, e.g. `git worktree add --detach /tmp/base main`) runs that tree's server beside
+this one and alternates every request and every throughput cell between the two, so that a before/after
+comparison sees the same machine load (on a shared machine it swings 2× within minutes).
 """
 
 import argparse
@@ -72,13 +76,13 @@ def decode_encode_ms(jpeg: bytes, repeats: int) -> float:
 
 # --- the server ---------------------------------------------------------------------------------------------
 class Server:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], tree: Path = ROOT):
         with socket_port() as port:
             self.url = f"http://127.0.0.1:{port}"
             full_env = {**os.environ, "S2CRNET_HOST": "127.0.0.1", "S2CRNET_PORT": str(port),
                         "S2CRNET_LOG_LEVEL": "warning", **env}
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env,
+        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=tree, env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -130,33 +134,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def latency_table(url: str, quick: bool) -> list[str]:
-    rows = ["| image | requests | p50 ms | p95 ms | decode+encode p50 ms (in-process) | ratio | "
-            "server stages p50 ms (decode / thumbnail / queue / infer / render / encode) |",
-            "|---|---|---|---|---|---|---|"]
-    with httpx.Client() as client:
+def latency_table(urls: dict[str, str], quick: bool) -> list[str]:
+    """One row per image side and server (`urls`: label → URL), their requests alternating."""
+    rows = ["| image | server | requests | p50 ms | p95 ms | decode+encode p50 ms (in-process) | ratio | "
+            "server stages p50 ms (decode / thumbnail / queue / infer / decode_full / render / encode / critical) |",
+            "|---|---|---|---|---|---|---|---|"]
+    clients = {label: httpx.Client() for label in urls}
+    try:
         for side in SIDES:
             pair = real_square(side)
             count = {1024: 30, 2048: 20, 4096: 8}[side] // (3 if quick else 1)
-            for _ in range(2):  # warm-up: first-touch allocations, connection set-up
-                harmonize(client, url, pair)
-            walls, stages = [], []
+            walls, stages = {label: [] for label in urls}, {label: [] for label in urls}
+            for label, url in urls.items():
+                for _ in range(2):  # warm-up: first-touch allocations, connection set-up
+                    harmonize(clients[label], url, pair)
             baselines = []
-            for _ in range(count):  # interleaved, so both see the same machine load
-                wall, stage = harmonize(client, url, pair)
-                walls.append(wall)
-                stages.append(stage)
+            for _ in range(count):  # interleaved, so all see the same machine load
+                for label, url in urls.items():
+                    wall, stage = harmonize(clients[label], url, pair)
+                    walls[label].append(wall)
+                    stages[label].append(stage)
                 baselines.append(decode_encode_ms(pair[0], 1))
             baseline = statistics.median(baselines)
-            p50 = statistics.median(walls)
-            breakdown = " / ".join(f"{statistics.median(s.get(name, 0.0) for s in stages):.0f}"
-                                   for name in ("decode", "thumbnail", "queue", "infer", "render", "encode"))
-            rows.append(f"| {side}² JPEG ({len(pair[0]) // 1024} KiB) | {count} | {p50:.0f} | "
-                        f"{percentile(walls, 0.95):.0f} | {baseline:.0f} | {p50 / baseline:.2f}× | "
-                        f"{breakdown} |")
-            if side == 2048:
-                verdict = "met" if p50 <= TARGET_2048_P50_MS else "NOT met"
-                rows.append(f"|  | target 2048² p50 ≤ {TARGET_2048_P50_MS:.0f} ms: {verdict} | | | | | |")
+            for label in urls:
+                p50 = statistics.median(walls[label])
+                breakdown = " / ".join(f"{statistics.median(s.get(name, 0.0) for s in stages[label]):.0f}"
+                                       for name in ("decode", "thumbnail", "queue", "infer", "decode_full", "render",
+                                                    "encode", "critical"))
+                rows.append(f"| {side}² JPEG ({len(pair[0]) // 1024} KiB) | {label} | {count} | {p50:.0f} | "
+                            f"{percentile(walls[label], 0.95):.0f} | {baseline:.0f} | {p50 / baseline:.2f}× | "
+                            f"{breakdown} |")
+                if side == 2048:
+                    verdict = "met" if p50 <= TARGET_2048_P50_MS else "NOT met"
+                    rows.append(f"|  | {label} | target 2048² p50 ≤ {TARGET_2048_P50_MS:.0f} ms: {verdict} "
+                                "| | | | | |")
+    finally:
+        for client in clients.values():
+            client.close()
     return rows
 
 
@@ -188,32 +202,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--weights", help="weights file (default: the shipped weights)")
     parser.add_argument("--throughput-side", type=int, default=1024, help="image side of the throughput runs")
+    parser.add_argument("--against", help="another checkout whose server runs beside this one, alternating")
     args = parser.parse_args()
     env = {"S2CRNET_WEIGHTS": args.weights} if args.weights else {}
 
     load = os.getloadavg()
     out(f"# bench_service — {time.strftime('%Y-%m-%d %H:%M')} — {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {load[0]:.1f} at start, Python {platform.python_version()}")
-    server = Server({**env, "S2CRNET_MAX_BATCH_SIZE": "8"})
-    try:
-        out("\n## Latency at concurrency 1 (batching on, default settings)\n")
-        out("\n".join(latency_table(server.url, args.quick)))
-        batched_url = server.url
-        pair = real_square(args.throughput_side, 1)
-        total = 16 if args.quick else 48
-        on = {c: throughput(batched_url, pair, c, total) for c in CONCURRENCY}
-    finally:
-        server.stop()
-    server = Server({**env, "S2CRNET_MAX_BATCH_SIZE": "1"})
-    try:
-        off = {c: throughput(server.url, pair, c, total) for c in CONCURRENCY}
-    finally:
-        server.stop()
+    trees = {"this tree": ROOT, **({"against": Path(args.against).resolve()} if args.against else {})}
+    pair = real_square(args.throughput_side, 1)
+    total = 16 if args.quick else 48
+    on, off = {}, {}
+    for batch, results in (("8", on), ("1", off)):
+        servers = {label: Server({**env, "S2CRNET_MAX_BATCH_SIZE": batch}, tree) for label, tree in trees.items()}
+        try:
+            if batch == "8":
+                out("\n## Latency at concurrency 1 (batching on, default settings)\n")
+                out("\n".join(latency_table({label: s.url for label, s in servers.items()}, args.quick)))
+            for c in CONCURRENCY:  # the servers alternate cell by cell
+                for label, server in servers.items():
+                    results[label, c] = throughput(server.url, pair, c, total)
+        finally:
+            for server in servers.values():
+                server.stop()
     out(f"\n## Throughput, {args.throughput_side}² JPEG, images/s ({total} requests per cell)\n")
-    out("| concurrency | batching on (max_batch_size 8) | batching off (max_batch_size 1) | on / off |")
-    out("|---|---|---|---|")
+    out("| concurrency | server | batching on (max_batch_size 8) | batching off (max_batch_size 1) | on / off |")
+    out("|---|---|---|---|---|")
     for c in CONCURRENCY:
-        out(f"| {c} | {on[c]:.1f} | {off[c]:.1f} | {on[c] / off[c]:.2f}× |")
+        for label in trees:
+            out(f"| {c} | {label} | {on[label, c]:.1f} | {off[label, c]:.1f} | {on[label, c] / off[label, c]:.2f}× |")
     out(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

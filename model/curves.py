@@ -33,6 +33,9 @@ LEVELS = np.arange(256, dtype=np.float64) / 255.0
 # Pixels per render strip: large enough that per-call overhead vanishes, small enough to stay in cache and
 # to keep the render's temporaries a sliver of a big image (a whole-box crop + its curved copy were 2 copies).
 RENDER_STRIP_PIXELS = 1 << 18
+# Render tiles (width, height), under RENDER_STRIP_PIXELS: small enough that most tiles of a real mask are all
+# 0, all 255 or binary (the fast paths of _render_tile), large enough that the per-tile calls cost little.
+RENDER_TILE = (256, 256)
 
 
 def curve_knots(log_slopes: torch.Tensor) -> torch.Tensor:
@@ -140,8 +143,8 @@ def render(image: Image.Image, mask: Image.Image, lut: np.ndarray) -> Image.Imag
     """Apply a (3, 256) LUT inside the mask, in place, at full resolution; returns `image`.
 
     image: "RGB" or "RGBA" (alpha passes through); mask: "L" of the same size (value/255 = weight, soft masks
-    blend linearly). Only the mask's bounding box is touched, in strips of rows, so the temporaries (crop, its
-    curved copy, the mask crop) stay around RENDER_STRIP_PIXELS however large the image is.
+    blend linearly). Only the mask's bounding box is touched, in tiles, so the temporaries (crop, its curved copy,
+    the mask crop) stay around RENDER_STRIP_PIXELS however large the image is.
     """
     if image.mode not in ("RGB", "RGBA") or mask.mode != "L" or image.size != mask.size:
         raise ValueError(f"render needs an RGB/RGBA image and an L mask of one size, got "
@@ -153,11 +156,28 @@ def render(image: Image.Image, mask: Image.Image, lut: np.ndarray) -> Image.Imag
     if image.mode == "RGBA":
         table += list(range(256))
     left, top, right, bottom = box
-    rows = max(1, RENDER_STRIP_PIXELS // (right - left))
-    for y in range(top, bottom, rows):
-        strip = (left, y, right, min(y + rows, bottom))
-        image.paste(image.crop(strip).point(table), strip, mask.crop(strip))
+    for y in range(top, bottom, RENDER_TILE[1]):
+        for x in range(left, right, RENDER_TILE[0]):
+            _render_tile(image, mask, table, (x, y, min(x + RENDER_TILE[0], right), min(y + RENDER_TILE[1], bottom)))
     return image
+
+
+def _render_tile(image: Image.Image, mask: Image.Image, table: list[int], tile: tuple[int, int, int, int]) -> None:
+    """One tile of render: where the mask is 0 nothing, where it is 255 the curved pixels copied, and a blend
+    only in a tile with soft (1-254) levels. A binary tile pastes through a 1-bit mask: about 4× faster than the
+    8-bit blend, and the same bytes, since the blend gives exactly the curved pixel at 255 and the old at 0."""
+    weights = mask.crop(tile)
+    histogram = weights.histogram()
+    pixels = weights.width * weights.height
+    if histogram[0] == pixels:
+        return
+    curved = image.crop(tile).point(table)
+    if histogram[255] == pixels:
+        image.paste(curved, tile)
+    elif histogram[0] + histogram[255] == pixels:
+        image.paste(curved, tile, weights.convert("1", dither=Image.Dither.NONE))
+    else:
+        image.paste(curved, tile, weights)
 
 
 def render_tensor(image: torch.Tensor, mask: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from PIL import Image
 
 from .modes import composite_rgb, eight_bit
 
-__all__ = ["image_to_pil", "mask_to_pil", "to_pil_pair"]
+__all__ = ["check_mask", "image_to_pil", "mask_to_pil", "to_pil_pair"]
 
 
 def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
@@ -57,12 +57,10 @@ def mask_to_pil(mask) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "L")
 
 
-def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
-    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg."""
-    image, mask = image_to_pil(image), mask_to_pil(mask)
-    if image.size != mask.size:
-        raise ValueError(f"mask size {mask.size[0]}×{mask.size[1]} differs from image size "
-                         f"{image.size[0]}×{image.size[1]}")
+def check_mask(size: tuple[int, int], mask: Image.Image) -> None:
+    """A mask (L, from mask_to_pil) fits a composite of `size` and holds both foreground and background."""
+    if size != mask.size:
+        raise ValueError(f"mask size {mask.size[0]}×{mask.size[1]} differs from image size {size[0]}×{size[1]}")
     low, high = mask.getextrema()
     if high == 0:
         raise ValueError("the mask selects nothing: it needs at least one non-zero (foreground) pixel")
@@ -71,4 +69,10 @@ def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
     if high == 1:  # a 0/1 mask would blend at 1/255 strength: nothing visible, which looks like a bug of ours
         raise ValueError("the mask's largest value is 1, but masks are 0–255 (255 = the pasted object, grey "
                          "levels blend): scale a 0/1 mask by 255")
+
+
+def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
+    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg."""
+    image, mask = image_to_pil(image), mask_to_pil(mask)
+    check_mask(image.size, mask)
     return image, mask

@@ -11,10 +11,21 @@ for training, and importing it imports torch.
 import numpy as np
 from PIL import Image
 
-__all__ = ["foreground_histogram", "thumbnail_array", "THUMB_CHANNELS"]  # + make_thumbnails (torch, lazily)
+__all__ = ["foreground_histogram", "reduced_scale", "thumbnail_array", "THUMB_CHANNELS"]  # + make_thumbnails (lazily)
 
 THUMB_CHANNELS = 8
 _REDUCING_GAP = 2.0  # lets Pillow box-reduce huge images before the antialiased resize: fast and still smooth
+
+
+def reduced_scale(size: tuple[int, int], box: tuple | None, thumb: int) -> float:
+    """How small a reduced decode of a composite of `size` may be for make_thumbnails (1.0: full size): the whole
+    image keeps 2·thumb a side (the resize's reducing gap) and the mask's `box` (None: not known yet) thumb.
+    Then the curves stay within 2 levels of the full-size thumbnails' on the 28 real composites; with the box
+    at 1/8 regardless they moved up to 5 (bench/thumbnail_luts.py, docs/BENCHMARKS.md)."""
+    scale = _REDUCING_GAP * thumb / min(size)
+    if box is not None:
+        scale = max(scale, thumb / max(1, min(box[2] - box[0], box[3] - box[1])))
+    return min(1.0, scale)
 
 
 def _resize(im: Image.Image, size: int, box=None) -> np.ndarray:
@@ -26,12 +37,25 @@ def _resize(im: Image.Image, size: int, box=None) -> np.ndarray:
     return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=_REDUCING_GAP))
 
 
+def _scaled_box(box: tuple, size: tuple, onto: tuple) -> tuple:
+    """A box in an image of `size` → the same area in a resampled copy of size `onto` (floats; Pillow takes them)."""
+    if size == onto:
+        return box
+    sx, sy = onto[0] / size[0], onto[1] / size[1]
+    return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
 def thumbnail_array(image: Image.Image, mask: Image.Image, size: int) -> np.ndarray:
-    """image: RGB/RGBA, mask: L of the same size, at least one non-zero pixel → (8, size, size) float32."""
+    """image: RGB/RGBA, mask: L with at least one non-zero pixel → (8, size, size) float32.
+
+    The image may be smaller than the mask: a reduced decode of the same picture (JPEG DCT scaling), which
+    the service reads while the full-size pixels are still decoding. The mask's box is scaled onto it; the
+    resize averages the same areas, so the thumbnails differ by decoder rounding only (docs/BENCHMARKS.md).
+    """
     box = mask.getbbox()
     if box is None:
         raise ValueError("the mask selects nothing: it needs at least one non-zero pixel")
-    fg = _resize(image, size, box)
+    fg = _resize(image, size, _scaled_box(box, mask.size, image.size))
     fg_mask = _resize(mask, size, box)
     bg = _resize(image, size)
     bg_mask = _resize(mask, size)

@@ -186,6 +186,15 @@ def interrupt_when(command: list[str], pattern: bytes, timeout: float = 60) -> t
     return process.returncode, (seen + stderr).decode(errors="replace")
 
 
+def logs_with(handle: "ServerHandle", text: str, timeout: float = 10.0) -> str:
+    """The server's logs once they contain `text`: a request's access line is written after its answer is sent,
+    so a client can read the answer before the line exists."""
+    deadline = time.monotonic() + timeout
+    while text not in handle.logs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return handle.logs
+
+
 def doc_section(path: str, name: str) -> str:
     """The text of `<!-- section: NAME -->` in the repository file `path`, up to the next section marker."""
     text = (REPO / path).read_text()

@@ -21,7 +21,6 @@ FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
 FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
 FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
 IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
-PNG_COMPRESS_LEVEL = 3  # zlib level: Pillow's default 6 takes ~3× as long for files ~10% smaller
 PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
 
 
@@ -57,6 +56,8 @@ def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes 
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
     elif fmt == "PNG":
+        from app.imaging import PNG_COMPRESS_LEVEL  # the service's level (imports the model: only when saving)
+
         params["compress_level"] = PNG_COMPRESS_LEVEL
     if icc_profile and fmt in FORMATS_WITH_ICC:
         params["icc_profile"] = icc_profile

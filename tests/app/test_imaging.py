@@ -8,7 +8,7 @@ from helpers import encode, exif_bytes, real_pair
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError
-from app.imaging import decode, output_format_for
+from app.imaging import decode, decode_reduced, open_image, output_format_for
 from app.imaging import encode as encode_output
 
 LIMIT = 50_000_000
@@ -161,3 +161,39 @@ def test_output_format_defaults_to_the_composites_own():
     assert output_format_for(None, "png") == "png"
     assert output_format_for(None, None) == "jpeg"
     assert output_format_for("webp", "png") == "webp"
+
+
+# --- the reduced decode (app/pipeline.py's thumbnails) ---------------------------------------------------
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_decode_is_the_same_picture_smaller_and_upright(orientation):
+    stored = real_pair(640, 480, 3)[0]
+    data = encode(stored, "JPEG", quality=90, exif=exif_bytes(orientation))
+    full = decode(data, "composite", LIMIT, True).image
+    reduced = decode_reduced(open_image(data, "composite", LIMIT), "composite", 0.25)
+    assert reduced.size == full.size and reduced.image.mode == "RGB"
+    assert reduced.image.size == (full.width // 4, full.height // 4)  # DCT scaling 2/8
+    difference = np.abs(np.asarray(full.reduce(4), np.int16) - np.asarray(reduced.image, np.int16))
+    assert difference.mean() < 2, difference.mean()  # the same picture, the same way up
+
+
+def test_reduced_decode_refuses_truncated_data_as_decode_does(photo):
+    data = encode(real_pair(640, 480)[0], "JPEG", quality=90)[:6000]
+    with pytest.raises(ApiError) as info:
+        decode_reduced(open_image(data, "composite", LIMIT), "composite", 0.25)
+    assert (info.value.status_code, info.value.code) == (_error(data).status_code, _error(data).code)
+
+
+@pytest.mark.parametrize("make", [lambda p: encode(p, "PNG"), lambda p: encode(p.convert("CMYK"), "JPEG"),
+                                  lambda p: encode(p, "WEBP")])
+def test_reduced_decode_is_none_where_only_pillow_decodes(photo, make):
+    """Not a JPEG, or a JPEG libjpeg-turbo cannot give as RGB: the service decodes in full, as before."""
+    assert decode_reduced(open_image(make(photo), "composite", LIMIT), "composite", 0.25) is None
+
+
+def test_grey_jpeg_reduces_to_rgb_like_its_full_decode():
+    grey = real_pair(512, 512, 4)[0].convert("L")
+    data = encode(grey, "JPEG", quality=90)
+    reduced = decode_reduced(open_image(data, "composite", LIMIT), "composite", 0.25).image
+    expected = decode(data, "composite", LIMIT, True).image.reduce(4)
+    assert reduced.mode == expected.mode == "RGB"
+    assert np.abs(np.asarray(reduced, np.int16) - np.asarray(expected, np.int16)).mean() < 2

@@ -16,6 +16,7 @@ from PIL import Image
 from model.curves import (
     MAX_LOG_SLOPE,
     RENDER_STRIP_PIXELS,
+    RENDER_TILE,
     Curves,
     apply_curve,
     apply_curves,
@@ -185,6 +186,33 @@ def test_render_on_a_real_photo_changes_only_the_masked_pixels():
     assert np.array_equal(out[outside], before[outside])
     assert np.array_equal(out[inside], np.stack([lut[c][before[..., c]] for c in range(3)], -1)[inside])
     assert not np.array_equal(out, before)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.parametrize("edge", ["binary", "soft-edged", "one soft pixel"])
+def test_render_fast_paths_give_the_blend_exactly(mode, edge):
+    """A real photo and mask over many tiles: tiles all 0 (skipped), all 255 (copied), binary (pasted through a
+    1-bit mask) and soft (blended) must give exactly the per-pixel blend of the reference path."""
+    image, mask = real_pair(3 * RENDER_TILE[0] + 37, 2 * RENDER_TILE[1] + 11, 1)
+    weights = np.where(np.asarray(mask) >= 128, 255, 0).astype(np.uint8)
+    if edge == "soft-edged":
+        weights = np.array(Image.fromarray(weights).resize((weights.shape[1] // 4, weights.shape[0] // 4))
+                             .resize(mask.size, Image.Resampling.BILINEAR))
+    elif edge == "one soft pixel":
+        weights = weights.copy()
+        weights[tuple(np.argwhere(weights == 255)[0])] = 200
+    levels = [np.unique(weights[y:y + RENDER_TILE[1], x:x + RENDER_TILE[0]])
+              for y in range(0, weights.shape[0], RENDER_TILE[1]) for x in range(0, weights.shape[1], RENDER_TILE[0])]
+    assert any(len(t) == 1 and t[0] == 255 for t in levels)
+    assert any(len(t) == 2 for t in levels) == (edge != "soft-edged")
+    assert any(len(t) > 2 for t in levels) == (edge != "binary")
+    pixels = np.asarray(image.convert(mode)).copy()
+    if mode == "RGBA":
+        pixels[..., 3] = np.arange(pixels.shape[1], dtype=np.uint8)
+    lut = Curves(random_knots(np.random.default_rng(6), stages=2)[0].double().numpy()).lut()
+    out = np.asarray(render(Image.fromarray(pixels.copy(), mode), Image.fromarray(weights, "L"), lut))
+    expected = render_tensor(torch.from_numpy(pixels), torch.from_numpy(weights), torch.from_numpy(lut))
+    assert np.array_equal(out, expected.numpy())
 
 
 @pytest.mark.parametrize(("image", "mask"), [

@@ -5,7 +5,7 @@ import json
 
 import httpx
 import pytest
-from helpers import post_image, start_server
+from helpers import logs_with, post_image, start_server
 
 from app.settings import Settings
 
@@ -82,7 +82,7 @@ def test_json_logs_are_one_object_a_line_with_the_request_fields(web_server, sma
                                                                  "X-Request-ID": "json-log-test-1"})
     assert answer.status_code == 200
     post_image(web_server.url, composite, mask, headers={"X-Request-ID": "json-log-test-2"})  # 401
-    lines = [line for line in web_server.logs.splitlines() if line.strip()]
+    lines = [line for line in logs_with(web_server, "json-log-test-2").splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line, uvicorn's too, is one JSON object
     assert all({"time", "level", "message"} <= set(entry) for entry in entries)
     assert any("Uvicorn running" in entry["message"] for entry in entries)
@@ -97,6 +97,6 @@ def test_json_logs_are_one_object_a_line_with_the_request_fields(web_server, sma
 def test_text_logs_stay_the_default(server, small_pair):
     composite, mask = small_pair
     post_image(server.url, composite, mask, headers={"X-Request-ID": "text-log-test"})
-    (line,) = [line for line in server.logs.splitlines() if "id=text-log-test" in line]
+    (line,) = [line for line in logs_with(server, "id=text-log-test").splitlines() if "id=text-log-test" in line]
     assert " INFO app.access: POST /harmonize 200 " in line and " 320x240 " in line
     assert not line.lstrip().startswith("{")
