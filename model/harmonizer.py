@@ -5,6 +5,7 @@
     curves = h.predict_curves([img1, img2], [mask1, mask2]) # one forward pass for the whole batch
     out = h.harmonize(foreground=cutout, background=bg, at=(40, 10), scale=0.5, strength=0.8)  # layer input
     layer = h.harmonize(foreground=cutout, background=bg, at=(40, 10), layer=True)  # RGBA, the cutout's size
+    h.harmonize_video("out.mp4", "clip.mp4", mask="matte.mp4", smoothing=0.5)  # needs the `video` extra
 """
 
 import hashlib
@@ -196,6 +197,15 @@ class Harmonizer:
         else:
             out = self.render(image, mask, curves)
         return out if was_pil else np.asarray(out)
+
+    def harmonize_video(self, output, input=None, mask=None, **options):
+        """Harmonize a clip into `output`, frame by frame with curves smoothed over time, keeping its frame rate,
+        timestamps and sound → model.video.VideoResult. Takes input + mask, or foreground= + background= (at=,
+        scale=); and strength, smoothing (seconds), curves_every, cut_threshold, category, codec, crf, fps,
+        progress: see model.video.harmonize_video, where the video logic lives (PyAV: the `video` extra)."""
+        from .video import harmonize_video
+
+        return harmonize_video(self, output, input, mask, **options)
 
     def num_parameters(self) -> int:
         return self.predictor.num_parameters()

@@ -35,6 +35,7 @@ import urllib.error
 import urllib.request
 import weakref
 from dataclasses import dataclass, field
+from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
 
@@ -169,6 +170,20 @@ def _clean_up(process: subprocess.Popen, log_path: Path) -> None:
         process.kill()
         process.wait(10)
     log_path.unlink(missing_ok=True)
+
+
+def interrupt_when(command: list[str], pattern: bytes, timeout: float = 60) -> tuple[int, str]:
+    """Run `command` (from the repository root), send SIGINT once its stderr matches `pattern` (say, a progress
+    bar past its first item), wait → (exit code, all of its stderr)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while not re.search(pattern, seen):
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"the run ended before it could be interrupted: {seen.decode(errors='replace')}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, (seen + stderr).decode(errors="replace")
 
 
 def logs_with(handle: "ServerHandle", text: str, timeout: float = 10.0) -> str:
@@ -328,6 +343,111 @@ def make_iharmony_fixture(root, n: int = 3):
     (root / "IHD_test.txt").write_text("\n".join(names) + "\n")
     (root / "labels.txt").write_text(f"{names[0]} person 0\n")
     return names
+
+
+# --- generated video clips ------------------------------------------------------------------------------------
+def clip_frames(count: int = 30, size: tuple[int, int] = (160, 96), photo: int = 0, jitter: float = 0.04,
+                cast: tuple[float, float, float] = (1.25, 1.0, 0.7), cut_at: int | None = None, cut_photo: int = 2,
+                seed: int = 0):
+    """A real photo under a slow pan and zoom, its object under a constant colour cast, the background's
+    brightness jittering by ±`jitter` from frame to frame (which makes per-frame curves jump) → per frame
+    (composite, mask, truth), uint8 numpy (H, W, 3), (H, W), (H, W, 3). The truth is the same frame without the
+    cast. From `cut_at` on the frames come from photo `cut_photo`: a scene cut."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for index in range(count):
+        image, mask = photo_pair(cut_photo if cut_at is not None and index >= cut_at else photo)
+        t = index / max(count - 1, 1)
+        zoom = 0.95 - 0.2 * t  # share of the photo the window covers
+        box_w = min(image.width, image.height * width / height) * zoom
+        box_h = box_w * height / width
+        x0 = (image.width - box_w) * (0.3 + 0.4 * t)  # pan left to right
+        y0 = (image.height - box_h) * 0.5
+        box = (x0, y0, x0 + box_w, y0 + box_h)
+        crop = np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), np.float64)
+        matte = np.asarray(mask.resize(size, Image.Resampling.BILINEAR, box=box), np.float64)[..., None] / 255
+        gain = 1.0 + rng.uniform(-jitter, jitter)
+        truth = crop * matte + np.clip(crop * gain, 0, 255) * (1 - matte)
+        composite = np.clip(crop * np.asarray(cast), 0, 255) * matte + truth * (1 - matte)
+        yield (np.rint(composite).astype(np.uint8), np.rint(matte[..., 0] * 255).astype(np.uint8),
+               np.rint(truth).astype(np.uint8))
+
+
+def write_video(path, frames, rate=25, audio: bool = True, crf: int = 18, rotation: int = 0,
+                aspect: Fraction | None = None, times_ms: list[int] | None = None) -> int:
+    """Encode RGB (H, W, 3) or grey (H, W) uint8 frames as H.264 (yuv420p) in `path`'s container, with a stereo
+    AAC tone as long as the video when `audio`; frames are numbered 0, 1, ... in a 1/rate time base, or stamped
+    `times_ms` (variable frame rate). `rotation` (degrees) and `aspect` (pixel aspect) are written as metadata.
+    Returns the frame count."""
+    import av
+
+    rate = Fraction(rate)
+    count = 0
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.options = {"crf": str(crf)}
+        if times_ms is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if aspect is not None:
+            video.codec_context.sample_aspect_ratio = aspect
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = out.add_stream("aac", rate=48000) if audio else None
+        for pixels in frames:
+            if pixels.ndim == 2:
+                pixels = np.repeat(pixels[..., None], 3, axis=-1)
+            if count == 0:
+                video.width, video.height, video.pix_fmt = pixels.shape[1], pixels.shape[0], "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            frame.pts = count if times_ms is None else times_ms[count]
+            out.mux(video.encode(frame))
+            count += 1
+        out.mux(video.encode(None))
+        if sound is not None:
+            seconds = count / rate if times_ms is None else (times_ms[-1] + 1000 / rate) / 1000
+            samples = int(seconds * 48000)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+            for start in range(0, samples, 1024):
+                chunk = tone[start:start + 1024]
+                frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = 48000, start
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+    return count
+
+
+def make_clip(folder, name: str = "clip", rate=25, audio: bool = True, video_options: dict | None = None,
+              **frames_options):
+    """A generated clip (clip_frames) written to folder/NAME.mp4 and its mask to folder/NAME_mask.mp4 →
+    (video path, mask path, masks list, ground-truth frames list). video_options: more write_video keywords."""
+    folder = Path(folder)
+    frames = list(clip_frames(**frames_options))
+    video, mask = folder / f"{name}.mp4", folder / f"{name}_mask.mp4"
+    write_video(video, (c for c, _, _ in frames), rate, audio, **(video_options or {}))
+    write_video(mask, (m for _, m, _ in frames), rate, audio=False)
+    return video, mask, [m for _, m, _ in frames], [t for _, _, t in frames]
+
+
+def video_frames(path) -> list[np.ndarray]:
+    """Every frame of the first video stream, RGB uint8."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def video_timing(path) -> dict:
+    """What the output must keep: rate, time base, every frame's pts, duration, size, aspect, rotation, audio."""
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = list(container.decode(video))
+        container.seek(0)
+        audio = [(p.pts, p.dts, bytes(p)) for p in container.demux(*container.streams.audio) if p.dts is not None]
+        return {"rate": video.average_rate, "time_base": video.time_base, "pts": [f.pts for f in frames],
+                "duration": container.duration, "size": (video.width, video.height),
+                "aspect": video.sample_aspect_ratio, "rotation": frames[0].rotation, "audio": audio}
 
 
 # --- model fixtures ------------------------------------------------------------------------------------------

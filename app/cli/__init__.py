@@ -5,6 +5,7 @@
     s2crnet harmonize --foreground fg.png --background bg.jpg --at X,Y [--scale S | --box x0,y0,x1,y1]
                       [--feather PX] [--strength S] [--layer] -o out.png
     s2crnet harmonize --layers manifest.csv -o OUTDIR [--layer] [--report CSV]   # many placed layers
+    s2crnet harmonize-video clip.mp4 --mask matte.mp4 -o out.mp4 [--smoothing 0.5] | --foreground --background
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto] [--runtime auto]
     s2crnet export --format onnx -o model.onnx [--weights PATH] [--batch dynamic|N]
     s2crnet train ... | s2crnet eval DATASET_DIR ... | s2crnet average BEFORE.pt AFTER.pt --out MIXED.pt
@@ -30,6 +31,7 @@ from ..logs import configure_logging
 from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error
+from .video import add_video_command
 
 __all__ = ["build_parser", "main"]
 
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
                              "timings in ms, error")
     harmonize.set_defaults(handler=cmd_harmonize)
+    add_video_command(commands, model_options, _strength, _point, _positive_int)
 
     serve = commands.add_parser(
         "serve", help="run the REST service (settings also from S2CRNET_* variables)",
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     # The user's own files: Pillow's warning for images over ~89 MP is noise here (over 179 MP still fails).
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     warnings.showwarning = _one_line_warning
-    quiet_by_default = args.command in ("harmonize", "info")  # their output is the result, not the logs
+    # Their output is the result, not the logs.
+    quiet_by_default = args.command in ("harmonize", "harmonize-video", "info")
     configure_logging("warning" if quiet_by_default and not args.verbose else "info")
     from app.startup import StartupError
 

@@ -7,10 +7,8 @@ what the shipped weights predict.
 
 import hashlib
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -19,7 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, SAMPLES, decode, doc_section, encode, exif_bytes, real_cutout, real_pair, start_server
+from helpers import (
+    REPO,
+    SAMPLES,
+    decode,
+    doc_section,
+    encode,
+    exif_bytes,
+    interrupt_when,
+    real_cutout,
+    real_pair,
+    start_server,
+)
 from PIL import Image, ImageCms
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet
@@ -329,17 +338,9 @@ def test_folder_interrupted_then_resumed(tmp_path):
         write_pair(composites, masks, i, f"c{i:02d}.jpg", f"c{i:02d}.png", size=size)
     command = [str(S2CRNET), "harmonize", "--composites", str(composites), "--masks", str(masks),
                "-o", str(out), "--progress", "--batch-size", "2"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = b""
-    while not re.search(rb"[1-9]\d*/%d \[" % count, seen):  # interrupt once the first images are done
-        chunk = os.read(process.stderr.fileno(), 4096)
-        assert chunk, f"the run ended before it could be interrupted: {seen.decode(errors='replace')}"
-        seen += chunk
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    stderr = (seen + stderr).decode(errors="replace")
+    returncode, stderr = interrupt_when(command, rb"[1-9]\d*/%d \[" % count)  # once the first images are done
 
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert "s2crnet: interrupted" in stderr and "Traceback" not in stderr
     done = sorted(p.name for p in out.iterdir())
     assert 0 < len(done) < count and all(name.endswith(".jpg") for name in done), "no partial files"

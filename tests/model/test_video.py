@@ -1,0 +1,164 @@
+"""Harmonizer.harmonize_video and the temporal core on generated clips: a real photo panned and zoomed, its object
+under a constant colour cast, the background's brightness jittering (tests/helpers.clip_frames), really encoded
+(H.264 + AAC) and decoded with PyAV."""
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from helpers import clip_frames, make_clip, real_cutout, video_frames, video_timing, write_video
+from PIL import Image
+
+from model import Harmonizer
+from model.temporal import (
+    Frame,
+    VideoOptions,
+    flicker,
+    foreground_mean,
+    harmonize_frames,
+    knots_from_log_slopes,
+    log_slopes,
+)
+from model.video import VideoError, partial_path
+
+SIZE = (160, 96)
+
+
+@pytest.fixture(scope="module")
+def harmonizer() -> Harmonizer:
+    return Harmonizer.load(device="cpu")
+
+
+@pytest.mark.parametrize("rate", [Fraction(30000, 1001), Fraction(25)], ids=["29.97fps", "25fps"])
+def test_output_keeps_timing_metadata_and_audio(harmonizer, tmp_path, rate):
+    video, mask, _, _ = make_clip(tmp_path, rate=rate, count=24, video_options={"rotation": 90,
+                                                                                 "aspect": Fraction(4, 3)})
+    out = tmp_path / "out.mp4"
+    result = harmonizer.harmonize_video(out, video, mask, curves_every=2)
+    before, after = video_timing(video), video_timing(out)
+    assert result.frames == 24 and result.rate == rate and result.predictions == 13
+    assert after["rate"] == rate and len(after["pts"]) == 24
+    assert after == before  # same pts in the same time base, duration, size, aspect, rotation, audio packets
+    assert len(after["audio"]) > 20
+    assert not partial_path(out).exists()
+
+
+def test_variable_frame_rate_keeps_every_timestamp(harmonizer, tmp_path):
+    times = [0, 40, 80, 150, 190, 260, 300, 333, 400, 480, 520, 600]
+    video, mask, _, _ = make_clip(tmp_path, count=len(times), video_options={"times_ms": times})
+    out = tmp_path / "vfr.mp4"
+    harmonizer.harmonize_video(out, video, mask)
+    assert video_timing(out)["pts"] == video_timing(video)["pts"]
+    assert video_timing(out)["audio"] == video_timing(video)["audio"]
+
+
+def test_strength_zero_is_a_plain_re_encode(harmonizer, tmp_path):
+    """Nothing applied: the output is what decoding and encoding again gives, so no colour shift of our own."""
+    video, mask, _, _ = make_clip(tmp_path, count=6, audio=False)
+    out, plain = tmp_path / "same.mp4", tmp_path / "plain.mp4"
+    harmonizer.harmonize_video(out, video, mask, strength=0)
+    write_video(plain, video_frames(video), audio=False)
+    difference = np.abs(np.stack(video_frames(out)).astype(int) - np.stack(video_frames(plain)))
+    assert difference.mean() < 0.2
+
+
+def test_smoothing_lowers_the_flicker_figure(harmonizer, tmp_path):
+    video, mask, masks, _ = make_clip(tmp_path, rate=Fraction(30000, 1001), count=30)
+    before = flicker(foreground_mean(frame, m) for frame, m in zip(video_frames(video), masks, strict=True))
+    figures = {}
+    for smoothing in (0.0, 0.5):
+        out = tmp_path / f"smooth{smoothing}.mp4"
+        harmonizer.harmonize_video(out, video, mask, smoothing=smoothing)
+        after = flicker(foreground_mean(frame, m) for frame, m in zip(video_frames(out), masks, strict=True))
+        figures[smoothing] = after - before
+    assert figures[0.0] > 0.05  # per-frame curves follow the background's jitter
+    assert figures[0.5] < figures[0.0] / 2
+
+
+def test_scene_cut_restarts_the_smoothing(harmonizer):
+    frames = [Frame(c, m, i / 25) for i, (c, m, _) in enumerate(clip_frames(count=16, cut_at=10))]
+    smoothed = list(harmonize_frames(harmonizer, frames, VideoOptions(smoothing=2.0)))
+    per_frame = list(harmonize_frames(harmonizer, frames, VideoOptions(smoothing=0)))
+    assert [info.index for _, _, info in smoothed if info.cut] == [0, 10]
+    knots = [[info.curves.knots for _, _, info in run] for run in (smoothed, per_frame)]
+    np.testing.assert_allclose(knots[0][10], knots[1][10], atol=1e-9)  # nothing of the first shot is left
+    np.testing.assert_allclose(knots[0][0], knots[1][0], atol=1e-9)
+    assert np.abs(knots[0][9] - knots[1][9]).max() > 1e-4  # within a shot the average lags the prediction
+
+
+def test_empty_mask_passes_through_and_restarts(harmonizer):
+    frames = [Frame(c, m, i / 25) for i, (c, m, _) in enumerate(clip_frames(count=6))]
+    frames[3].mask = np.zeros_like(frames[3].mask)
+    run = list(harmonize_frames(harmonizer, frames, VideoOptions(curves_every=4)))
+    assert [info.index for _, _, info in run] == list(range(6))
+    assert run[3][2].curves is None and np.array_equal(run[3][1], frames[3].image)
+    assert [info.index for _, _, info in run if info.cut] == [0, 3, 4]
+    assert [info.index for _, _, info in run if info.key] == [0, 2, 4, 5]  # every shot ends on a prediction
+
+
+def test_frames_stream_with_a_bounded_look_ahead(harmonizer):
+    """An endless clip: outputs come while it plays, having read at most curves_every − 1 frames ahead."""
+    base = [(c, m) for c, m, _ in clip_frames(count=3)]
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            yield Frame(*base[i % 3], i / 25)
+
+    outputs = list(itertools.islice(harmonize_frames(harmonizer, endless(), VideoOptions(curves_every=3)), 7))
+    assert [info.index for _, _, info in outputs] == list(range(7))
+    assert len(pulled) <= 7 + 2
+
+
+def test_smoothed_curves_stay_monotone_with_fixed_ends():
+    rng = np.random.default_rng(0)
+    a, b = (np.sort(rng.uniform(size=(2, 3, 65)), -1) for _ in range(2))
+    for x in (a, b):
+        x[..., 0], x[..., -1] = 0, 1
+    np.testing.assert_allclose(knots_from_log_slopes(log_slopes(a)), a, atol=1e-9)
+    for w in (0.1, 0.5, 0.9):
+        mixed = knots_from_log_slopes(log_slopes(a) + w * (log_slopes(b) - log_slopes(a)))
+        assert (np.diff(mixed, axis=-1) > 0).all() and np.allclose(mixed[..., 0], 0) and np.allclose(mixed[..., -1], 1)
+
+
+def test_masks_from_a_folder_and_a_frame_count_mismatch(harmonizer, tmp_path):
+    video, _, masks, _ = make_clip(tmp_path, count=8, audio=False)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray(m).save(folder / f"m{i:03d}.png")
+    assert harmonizer.harmonize_video(tmp_path / "ok.mp4", video, folder).frames == 8
+    (folder / "m007.png").unlink()
+    with pytest.raises(VideoError, match="mask: 7 frames, but the input has 8"):
+        harmonizer.harmonize_video(tmp_path / "bad.mp4", video, folder)
+    assert not (tmp_path / "bad.mp4").exists() and not partial_path(tmp_path / "bad.mp4").exists()
+
+
+def test_mask_of_another_size_is_a_clear_error(harmonizer, tmp_path):
+    video, _, masks, _ = make_clip(tmp_path, count=3, audio=False)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray(m).resize((80, 48)).save(folder / f"m{i}.png")
+    with pytest.raises(VideoError, match="mask: frame 0 is 80×48, but the video is 160×96"):
+        harmonizer.harmonize_video(tmp_path / "bad.mp4", video, folder)
+    assert list(tmp_path.glob("bad*")) == []
+
+
+def test_layer_form_on_a_background_video(harmonizer, tmp_path):
+    """An RGBA frame folder placed on a background video: the output has the background's clock and sound."""
+    background = tmp_path / "bg.mp4"
+    write_video(background, (t for _, _, t in clip_frames(count=10, photo=2)), rate=Fraction(30000, 1001))
+    folder = tmp_path / "fg"
+    folder.mkdir()
+    for i in range(10):
+        real_cutout(0, scale=0.15 + 0.005 * i).save(folder / f"{i:02d}.png")
+    out = tmp_path / "layer.mp4"
+    result = harmonizer.harmonize_video(out, foreground=folder, background=background, at=(30, 20))
+    assert result.frames == 10
+    before, after = video_timing(background), video_timing(out)
+    assert after == before
+    frames, plain = video_frames(out), video_frames(background)
+    assert np.abs(frames[0][30:50, 30:60].astype(int) - plain[0][30:50, 30:60]).mean() > 5  # the cutout is there
