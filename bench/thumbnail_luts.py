@@ -21,8 +21,9 @@ from app import imaging  # noqa: E402
 from app.pipeline import _thumbnails_from_reduced  # noqa: E402
 from model import Harmonizer  # noqa: E402
 from model.iharmony import mask_stem  # noqa: E402
+from model.inputs import open_upright  # noqa: E402
 from model.thumbnails import reduced_scale  # noqa: E402
-from model.training.evaluate import _small, open_upright, score  # noqa: E402
+from model.training.evaluate import _small, score  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

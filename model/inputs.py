@@ -2,11 +2,11 @@
 the input and what was expected otherwise. Sample formats (16-bit, float) follow model/modes.py."""
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .modes import composite_rgb, eight_bit
 
-__all__ = ["check_mask", "image_to_pil", "mask_to_pil", "to_pil_pair"]
+__all__ = ["check_mask", "image_to_pil", "mask_to_pil", "open_upright", "to_pil_pair"]
 
 
 def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
@@ -76,3 +76,12 @@ def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
     image, mask = image_to_pil(image), mask_to_pil(mask)
     check_mask(image.size, mask)
     return image, mask
+
+
+def open_upright(source, mode: str) -> Image.Image:
+    """A file (path or PIL image) in `mode`, turned by its EXIF orientation as cameras mean it to be shown — the
+    rule of the service's decoder (app/imaging.py), for the tools that read local files (evaluation, video)."""
+    if isinstance(source, Image.Image):
+        return source.convert(mode)
+    with Image.open(source) as im:
+        return ImageOps.exif_transpose(im).convert(mode)

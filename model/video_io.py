@@ -20,7 +20,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .inputs import open_upright
 
 __all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "open_source", "snap_mask"]
 
@@ -77,8 +79,7 @@ class StillSource(Source):
     def __init__(self, path: Path, what: str, mode: str):
         super().__init__(path, what, mode)
         try:
-            with Image.open(path) as im:
-                self.image = np.asarray(ImageOps.exif_transpose(im).convert(mode))
+            self.image = np.asarray(open_upright(path, mode))
         except OSError as e:
             raise VideoError(f"{what}: cannot read {path}: {e}") from None
         self.size = (self.image.shape[1], self.image.shape[0])

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from skimage import color
 from skimage.metrics import structural_similarity
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from ..harmonizer import DEVICES, Harmonizer
 from ..iharmony import SUBSETS, read_iharmony_labels, read_iharmony_split
+from ..inputs import open_upright
 from .data import VAL_SEED, HarmonyPairs, PhotoSource, lab_to_rgb
 
 __all__ = ["add_arguments", "run", "main", "score", "lab_transfer", "find_items", "evaluate"]
@@ -51,11 +53,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
 
 
+def squared_errors(pred: torch.Tensor, real: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B,): MSE over the image and fMSE over the foreground `fg` (B, 1, H, W bool), on the 0–255 scale
+    from (B, 3, H, W) images in [0, 1]. The one rule behind `score` and training's validation."""
+    err = ((pred - real) * 255).square()
+    fg = fg.to(err.dtype)
+    return err.mean((1, 2, 3)), (err * fg).sum((1, 2, 3)) / (3 * fg.sum((1, 2, 3)).clamp_min(1))
+
+
 def score(pred: np.ndarray, real: np.ndarray, fg: np.ndarray) -> dict[str, float]:
     """pred, real: (H, W, 3) uint8; fg: (H, W) bool → metrics on the 0–255 scale."""
-    err = (pred.astype(np.float32) - real.astype(np.float32)) ** 2
-    mse = float(err.mean())
-    fmse = float(err[fg].sum() / (3 * max(int(fg.sum()), 1)))
+    as_batch = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).permute(2, 0, 1)[None] / 255
+                for a in (pred, real)]
+    mse, fmse = (float(v[0]) for v in squared_errors(*as_batch, torch.from_numpy(fg)[None, None]))
     return {"mse": mse, "fmse": fmse, "psnr": _psnr(mse), "fpsnr": _psnr(fmse),
             "ssim": float(structural_similarity(pred, real, channel_axis=2, data_range=255))}
 
@@ -104,13 +114,6 @@ def held_out_items(manifest: Path, count: int) -> list[dict]:
                       "mask": Image.fromarray(pair.mask), "real": Image.fromarray(pair.real),
                       "category": pair.category})
     return items
-
-
-def open_upright(source: Path | Image.Image, mode: str) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source.convert(mode)
-    with Image.open(source) as im:
-        return ImageOps.exif_transpose(im).convert(mode)
 
 
 def _small(im: Image.Image) -> np.ndarray:

@@ -15,21 +15,14 @@ from PIL import Image
 
 from ..curves import apply_curves
 from ..iharmony import read_iharmony_split
+from ..inputs import open_upright
 from ..network import S2CRNet
 from ..thumbnails import make_thumbnails
-from .evaluate import WORSE_MARGIN, open_upright
+from .evaluate import WORSE_MARGIN, squared_errors
 
-__all__ = ["RealTriples", "estimate_quality", "selection_key", "squared_errors"]
+__all__ = ["RealTriples", "estimate_quality", "selection_key"]
 
 EVAL_SIZE = 256
-
-
-def squared_errors(pred: torch.Tensor, real: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image (B,): MSE over the image and fMSE over the foreground `fg` (B, 1, H, W bool), on the 0–255 scale
-    from images in [0, 1] — the same rule as `evaluate.score`, in torch for whole batches."""
-    err = ((pred - real) * 255).square()
-    fg = fg.to(err.dtype)
-    return err.mean((1, 2, 3)), (err * fg).sum((1, 2, 3)) / (3 * fg.sum((1, 2, 3)).clamp_min(1))
 
 
 def _tensor(im: Image.Image) -> torch.Tensor:
