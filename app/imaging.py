@@ -220,6 +220,27 @@ def acceptable_formats(accept: str | None) -> list[str] | None:
     return [fmt for fmt, q in sorted(ranked.items(), key=lambda item: -item[1]) if q > 0]
 
 
+FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}  # Pillow format names
+FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
+
+
+def save_options(image: Image.Image, pillow_format: str, quality: int, icc_profile: bytes | None,
+                 png_compress_level: int = PNG_COMPRESS_LEVEL) -> tuple[Image.Image, dict]:
+    """The one rule for writing an image, the service's answers and the CLI's files alike → (image to save, its
+    `Image.save` options): formats without alpha get RGB, JPEG and WebP the quality, PNG the zlib level, and the
+    ICC profile goes wherever the format holds one."""
+    if pillow_format in FORMATS_WITHOUT_ALPHA and image.mode != "RGB":
+        image = image.convert("RGB")
+    params: dict = {}
+    if pillow_format in ("JPEG", "WEBP"):
+        params["quality"] = quality
+    elif pillow_format == "PNG":
+        params["compress_level"] = png_compress_level
+    if icc_profile and pillow_format in FORMATS_WITH_ICC:
+        params["icc_profile"] = icc_profile
+    return image, params
+
+
 def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,
            icc_profile: bytes | None) -> tuple[memoryview, str]:
     """Encode to fmt ("jpeg", "png", "webp") → (bytes view, media type). JPEG has no alpha: it is dropped."""
@@ -228,15 +249,7 @@ def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,
     if max(width, height) > _MAX_SIDE.get(fmt, max(width, height)):
         raise ApiError(422, "invalid_field", f"{fmt} cannot hold a {width}×{height} image (at most "
                        f"{_MAX_SIDE[fmt]} pixels a side); ask for format=png")
-    params: dict = {"icc_profile": icc_profile} if icc_profile else {}
-    if fmt == "jpeg":
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        params.update(quality=quality)
-    elif fmt == "png":
-        params.update(compress_level=png_compress_level)
-    else:
-        params.update(quality=quality)
+    image, params = save_options(image, pillow_format, quality, icc_profile, png_compress_level)
     buffer = BytesIO()
     image.save(buffer, pillow_format, **params)
     return buffer.getbuffer(), media_type

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 from .files import (
     FORMAT_CHOICES,
-    FORMATS_WITHOUT_ALPHA,
     IMAGE_EXTENSIONS,
     CliError,
     cpu_cores,
@@ -100,6 +99,7 @@ def _write_curves(args: argparse.Namespace, harmonizer, curves, name: str) -> No
 
 
 def _harmonize_layer_one(args: argparse.Namespace) -> int:
+    from app.imaging import FORMATS_WITHOUT_ALPHA
     from model.layers import LayerError
 
     output = Path(args.output)

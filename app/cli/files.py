@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 # Output format by file extension (Pillow format names).
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
                   ".tiff": "TIFF", ".bmp": "BMP"}
-FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}
-FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
 FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
 IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
 PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
@@ -49,18 +47,10 @@ def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes 
     Written to a temporary name and renamed, so an interrupted run never leaves a half-written output that a
     resumed run would skip.
     """
-    fmt = output_format(path)
-    if fmt in FORMATS_WITHOUT_ALPHA and image.mode == "RGBA":
-        image = image.convert("RGB")
-    params: dict = {}
-    if fmt in ("JPEG", "WEBP"):
-        params["quality"] = quality
-    elif fmt == "PNG":
-        from app.imaging import PNG_COMPRESS_LEVEL  # the service's level (imports the model: only when saving)
+    from app.imaging import save_options  # imports the model package: only for the commands that write images
 
-        params["compress_level"] = PNG_COMPRESS_LEVEL
-    if icc_profile and fmt in FORMATS_WITH_ICC:
-        params["icc_profile"] = icc_profile
+    fmt = output_format(path)
+    image, params = save_options(image, fmt, quality, icc_profile)
     partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
     try:
         image.save(partial, format=fmt, **params)
