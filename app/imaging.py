@@ -19,7 +19,7 @@ from model import modes
 from .errors import ApiError
 
 __all__ = ["Decoded", "Reduced", "INPUT_FORMATS", "OUTPUT_FORMATS", "acceptable_formats", "decode", "decode_opened",
-           "decode_reduced", "encode", "open_image", "output_format_for"]
+           "decode_reduced", "check_jpeg", "encode", "open_image", "output_format_for"]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,11 @@ def _check_jpeg_data(image: Image.Image, what: str, colorspace: str = "GRAY", sc
     return None
 
 
+def check_jpeg(image: Image.Image, what: str) -> None:
+    """The truncated-data check on its own (see _check_jpeg_data); decode_opened(..., checked=True) skips it."""
+    _check_jpeg_data(image, what)
+
+
 @dataclass
 class Reduced:
     image: Image.Image  # RGB at `scale` of the full size or a little more (DCT scaling: k/8), EXIF orientation applied
@@ -147,12 +152,14 @@ def decode_reduced(image: Image.Image, what: str, scale: float, data: bytes | No
     """Decode a composite from open_image at about `scale` of its size by the JPEG data check itself (same
     cost), so that thumbnails need not wait for the full-size pixels.
 
-    None when the image is not a JPEG or libjpeg-turbo cannot give RGB (CMYK, 12-bit, a recoverable warning):
+    None when the image is not a baseline JPEG or libjpeg-turbo cannot give RGB (CMYK, 12-bit, a recoverable warning):
     decode_opened then checks and decodes as before. Data that ends early raises what decode_opened raises;
     after success, decode_opened(image, ..., checked=True) need not read the data a second time.
     """
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
         return None
+    if image.info.get("progressive"):  # libjpeg buffers a progressive file's whole coefficients: in colour that
+        return None                    # costs ~40 MB more at 49 MP than the grey check, so it takes the old path
     data = data or _jpeg_data(image)
     pixels = _check_jpeg_data(image, what, "RGB", scale, data)
     if pixels is None:

@@ -144,6 +144,9 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
     opened, opened_mask = await _open_parts(service, [(composite, "composite", True), (mask, "mask", False)], stack)
     scale = reduced_scale(opened.size, None, service.harmonizer.config.thumb)
     reduced = decoded_mask = None
+    checked = opened.format == "JPEG" and bool(opened.info.get("progressive"))
+    if checked:  # libjpeg holds a progressive file's coefficients while checking it (~147 MB at 49 MP): check
+        await service.run_blocking(imaging.check_jpeg, opened, "composite")  # before the mask's pixels exist
     if opened.format == "JPEG" and scale <= MAX_REDUCED_SCALE:
         outcomes = await asyncio.gather(service.run_blocking(imaging.decode_reduced, opened, "composite", scale),
                                         service.run_blocking(imaging.decode_opened, opened_mask, "mask", False),
@@ -151,7 +154,7 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
         _raise_first(outcomes)
         reduced, decoded_mask = outcomes
     if reduced is None:  # not a JPEG, a small one, or one libjpeg-turbo cannot give as RGB: decode, then thumbnails
-        work = [(opened, "composite", True)] + ([(opened_mask, "mask", False)] if decoded_mask is None else [])
+        work = [(opened, "composite", True, checked)] + ([(opened_mask, "mask", False)] if decoded_mask is None else [])
         outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, *args) for args in work),
                                         return_exceptions=True)
         _raise_first(outcomes)
