@@ -137,9 +137,10 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
                              stack: AsyncExitStack):
     """composite + mask → (decoded composite or a future of it, mask image, thumbnails).
 
-    A JPEG is first read at a reduced scale (the data check, which reads it anyway), with the mask beside it;
-    then the full-size decode runs on one worker while the thumbnails are made from the reduced pixels and
-    batched, so the curves are ready about when the pixels are. Other formats: decode, then thumbnails."""
+    A JPEG is first read at a reduced scale (the data check, which reads it anyway) while the mask decodes; once
+    the check passes, the full-size decode runs on one worker while the mask finishes and the thumbnails are made
+    from the reduced pixels and batched, so the curves are ready about when the pixels are. Other formats:
+    decode, then thumbnails."""
     start = time.perf_counter()
     opened, opened_mask = await _open_parts(service, [(composite, "composite", True), (mask, "mask", False)], stack)
     scale = reduced_scale(opened.size, None, service.harmonizer.config.thumb)
@@ -147,12 +148,22 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
     checked = opened.format == "JPEG" and bool(opened.info.get("progressive"))
     if checked:  # libjpeg holds a progressive file's coefficients while checking it (~147 MB at 49 MP): check
         await service.run_blocking(imaging.check_jpeg, opened, "composite")  # before the mask's pixels exist
+    full = None
     if opened.format == "JPEG" and scale <= MAX_REDUCED_SCALE:
-        outcomes = await asyncio.gather(service.run_blocking(imaging.decode_reduced, opened, "composite", scale),
-                                        service.run_blocking(imaging.decode_opened, opened_mask, "mask", False),
-                                        return_exceptions=True)
-        _raise_first(outcomes)
-        reduced, decoded_mask = outcomes
+        masking = asyncio.ensure_future(service.run_blocking(imaging.decode_opened, opened_mask, "mask", False))
+        stack.push_async_callback(_settle, masking)
+        # The composite's check first: its error is the one reported when both parts are bad.
+        reduced = await service.run_blocking(imaging.decode_reduced, opened, "composite", scale)
+        if reduced is not None:  # its data is sound: the full-size decode starts now, beside the mask's
+            full = asyncio.ensure_future(_full_decode(service, timings, opened))
+            stack.push_async_callback(_settle, full)  # the reservation outlives the worker still decoding into it
+        try:
+            decoded_mask = await masking
+        except ApiError:
+            if full is not None:  # a composite that fails to decode is reported first, as before
+                await asyncio.wait({full})
+                full.result()
+            raise
     if reduced is None:  # not a JPEG, a small one, or one libjpeg-turbo cannot give as RGB: decode, then thumbnails
         work = [(opened, "composite", True, checked)] + ([(opened_mask, "mask", False)] if decoded_mask is None else [])
         outcomes = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, *args) for args in work),
@@ -166,8 +177,6 @@ async def _prepare_composite(service: Service, timings: dict, composite: UploadF
         decoded_composite.image = image
         return decoded_composite, mask_image, thumbs
     _observe(service, timings, "decode", start)  # what the thumbnails waited for: headers, reduced pass, mask
-    full = asyncio.ensure_future(_full_decode(service, timings, opened))
-    stack.push_async_callback(_settle, full)  # the reservation outlives the worker still decoding into it
     service.metrics.megapixels.observe(reduced.size[0] * reduced.size[1] / 1e6)
     try:
         with service.stage(timings, "thumbnail"):
