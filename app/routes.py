@@ -127,9 +127,9 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
     async def work():
         async with AsyncExitStack() as stack:
             with service.stage(timings, "critical"):
-                prepared = await predict(service, timings, form, category, strength, stack)
-            request.state.image_size = prepared.decoded.image.size  # for the access line (app.logs)
-            return prepared.curves
+                prediction = await predict(service, timings, form, category, strength, stack)
+            request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
+            return prediction.curves
 
     result = await with_deadline(service, request, work())
     total = time.perf_counter() - start
