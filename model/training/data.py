@@ -23,12 +23,15 @@ from ..iharmony import read_iharmony_labels, read_iharmony_split
 from ..thumbnails import make_thumbnails
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "recolour", "lab_to_rgb",
-           "validation_batches", "VAL_SEED"]
+           "validation_batches", "THING_CATEGORIES", "VAL_SEED"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
 UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
+# Foreground classes that are things (iHarmony4's foregrounds are objects: people, animals, food, products); the
+# rest of the manifest's classes are stuff regions (sky, terrain, vegetation, water, building).
+THING_CATEGORIES = frozenset({"person", "animal", "vehicle", "other", UNKNOWN})
 Array = np.ndarray
 
 
@@ -106,8 +109,18 @@ def _hue_shift(rng, x, **_):
 RETOUCH_OPS = (_exposure, _white_balance, _gamma, _contrast, _saturation, _vibrance, _tone_curve, _hue_shift)
 
 
-def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array):
-    """Move the masked region's per-channel mean/std toward a donor region's (Lab or RGB), as iHarmony4 did."""
+def _match_histograms(values: Array, region: Array, donor: Array) -> Array:
+    """Per channel, map each value to the donor's value at the quantile it has in `region` (non-parametric)."""
+    levels = np.linspace(0, 1, 65)
+    out = np.empty_like(values)
+    for c in range(values.shape[1]):
+        out[:, c] = np.interp(values[:, c], np.quantile(region[:, c], levels), np.quantile(donor[:, c], levels))
+    return out
+
+
+def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array, histogram_share: float = 0.0):
+    """Move the masked region's colour statistics toward a donor region's (Lab or RGB), as iHarmony4 did: per-channel
+    mean/std (parametric) or, for `histogram_share` of the draws, the whole per-channel histogram."""
     lab = rng.random() < 0.6
     src = color.rgb2lab(x) if lab else x
     dst = color.rgb2lab(donor) if lab else donor
@@ -116,10 +129,13 @@ def _statistics_transfer(rng, x, mask, donor: Array, donor_weight: Array):
     if w_src.sum() < 4 or w_dst.sum() < 4:
         return x
     s, d = src.reshape(-1, 3)[w_src], dst.reshape(-1, 3)[w_dst]
-    mu_s, sd_s, mu_d, sd_d = s.mean(0), s.std(0) + 1e-3, d.mean(0), d.std(0) + 1e-3
-    ratio = np.clip(sd_d / sd_s, 0.5, 2.0)
     strength = rng.uniform(0.4, 1.0)
-    moved = (src - mu_s) * ratio + mu_d
+    if histogram_share > 0 and rng.random() < histogram_share:
+        moved = _match_histograms(src.reshape(-1, 3), s, d).reshape(src.shape)
+    else:
+        mu_s, sd_s, mu_d, sd_d = s.mean(0), s.std(0) + 1e-3, d.mean(0), d.std(0) + 1e-3
+        ratio = np.clip(sd_d / sd_s, 0.5, 2.0)
+        moved = (src - mu_s) * ratio + mu_d
     moved = src + strength * (moved - src)
     return lab_to_rgb(moved) if lab else moved
 
@@ -132,7 +148,7 @@ def lab_to_rgb(lab: Array) -> Array:
 
 
 def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Array, Array] | None,
-             untouched_share: float = UNTOUCHED_SHARE) -> Array:
+             untouched_share: float = UNTOUCHED_SHARE, histogram_share: float = 0.0) -> Array:
     """real: (H, W, 3) uint8, mask: (H, W) uint8 → composite uint8; pixels where mask == 0 are untouched."""
     x = real.astype(np.float32) / 255.0
     m = mask.astype(np.float32) / 255.0
@@ -141,7 +157,7 @@ def recolour(rng: np.random.Generator, real: Array, mask: Array, donor: tuple[Ar
         return real.copy()
     y = x
     if (draw - untouched_share) / (1 - untouched_share) < TRANSFER_SHARE and donor is not None:
-        y = _statistics_transfer(rng, y, m, *donor)
+        y = _statistics_transfer(rng, y, m, *donor, histogram_share=histogram_share)
         if rng.random() < 0.3:
             y = RETOUCH_OPS[rng.integers(len(RETOUCH_OPS))](rng, y, mask=m)
     else:
@@ -172,10 +188,13 @@ class PhotoSource:
     """The shared photo manifest: each photo is its own ground truth; pairs come from `recolour`."""
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
-                 untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0):
+                 untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0,
+                 thing_share: float | None = None, histogram_share: float = 0.0):
         manifest = Path(manifest)
         self.untouched_share = untouched_share
         self.same_category_share = same_category_share
+        self.thing_share = thing_share  # None: every photo equally likely as the one recoloured
+        self.histogram_share = histogram_share
         with manifest.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
         if not rows:
@@ -189,12 +208,16 @@ class PhotoSource:
         self.by_category: dict[str, list[int]] = {}
         for i, category in enumerate(self.categories):
             self.by_category.setdefault(category, []).append(i)
+        self.things = [i for i, category in enumerate(self.categories) if category in THING_CATEGORIES]
 
     def __len__(self):
         return len(self.images)
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
-        i = int(rng.integers(len(self)))
+        if self.thing_share is not None and self.things and rng.random() < self.thing_share:
+            i = self.things[int(rng.integers(len(self.things)))]
+        else:
+            i = int(rng.integers(len(self)))
         real, mask = _augment(rng, self.images[i], self.masks[i], size)
         j = int(rng.integers(len(self)))
         # HFlickr and HCOCO were made by transferring colour from an object of the same category in another photo.
@@ -207,7 +230,8 @@ class PhotoSource:
         kind = 0 if same_category else rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
-        return Pair(recolour(rng, real, mask, donor, self.untouched_share), real, mask, self.categories[i])
+        composite = recolour(rng, real, mask, donor, self.untouched_share, self.histogram_share)
+        return Pair(composite, real, mask, self.categories[i])
 
 
 def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:

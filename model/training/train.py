@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of training photos left as they are (validation always uses the default)")
     g.add_argument("--same-category-share", type=float, default=0.0,
                    help="share of pairs whose colour donor is an object of the same category (as HFlickr/HCOCO)")
+    g.add_argument("--thing-share", type=float, default=None,
+                   help="share of pairs whose recoloured photo is drawn from the thing classes (person, animal, "
+                        "vehicle, other, unknown) rather than from all photos alike (default: all alike)")
+    g.add_argument("--histogram-share", type=float, default=0.0,
+                   help="share of statistics transfers that match the donor's whole per-channel histogram "
+                        "instead of its mean and spread")
     g.add_argument("--val-real", type=Path, action="append", default=[],
                    help="iHarmony4-format folder of real triples to validate and choose checkpoints on "
                         "(never trained on); repeatable")
@@ -131,7 +137,8 @@ def param_groups(net: S2CRNet, backbone_lr_scale: float) -> list[dict]:
 
 def training_sources(args) -> list:
     sources = [PhotoSource(m, "train", untouched_share=args.untouched_share,
-                           same_category_share=args.same_category_share) for m in args.photos]
+                           same_category_share=args.same_category_share, thing_share=args.thing_share,
+                           histogram_share=args.histogram_share) for m in args.photos]
     sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")

@@ -20,7 +20,7 @@ from model.training.average import run as run_average
 from model.training.calibrate import add_arguments as add_calibrate_arguments
 from model.training.calibrate import fit_strength
 from model.training.calibrate import run as run_calibrate
-from model.training.data import VAL_SEED, HarmonyPairs, PhotoSource, is_validation, recolour
+from model.training.data import THING_CATEGORIES, VAL_SEED, HarmonyPairs, PhotoSource, is_validation, recolour
 from model.training.evaluate import add_arguments as add_eval_arguments
 from model.training.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
 from model.training.evaluate import run as run_eval
@@ -57,6 +57,47 @@ def test_untouched_share_sets_how_many_pairs_stay_as_they_are():
     assert untouched(1.0) == 30
     assert untouched(0.0) <= 2  # a retouch can, rarely, round back to the same 8-bit values
     assert untouched(0.0) < untouched(0.5) < 30
+
+
+def test_histogram_transfer_gives_the_object_the_donors_per_channel_distribution():
+    rng = np.random.default_rng(0)
+    real = np.zeros((64, 64, 3), np.uint8)
+    real[..., 0] = rng.integers(40, 80, (64, 64))  # a dark, narrow red channel
+    real[..., 1:] = 128
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    donor_pixels = np.random.default_rng(1).beta(0.5, 0.5, (64, 64, 3)).astype(np.float32)  # U-shaped, unlike a
+    donor = (donor_pixels, np.full((64, 64), 255))                                          # mean/std shift
+    matched = 0
+    for seed in range(40):
+        composite = recolour(np.random.default_rng(seed), real, mask, donor, untouched_share=0.0,
+                             histogram_share=1.0)
+        inside = composite[mask > 0][:, 0] / 255.0
+        # At full strength the red channel takes the donor's U shape: many values near both ends.
+        matched += int((inside < 0.15).mean() > 0.2 and (inside > 0.85).mean() > 0.2)
+        assert np.array_equal(composite[mask == 0], real[mask == 0])
+    assert matched >= 3
+
+
+def test_thing_share_draws_the_recoloured_photo_from_objects_rather_than_stuff(tmp_path):
+    manifest = tiny_manifest(tmp_path, 60)
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows[::4]:
+        row["category"] = "person"
+    for row in rows[1::4] + rows[2::4] + rows[3::4]:
+        row["category"] = "sky"  # stuff: three photos in four
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    source = PhotoSource(manifest, "train", thing_share=1.0)
+    everything = PhotoSource(manifest, "train")
+    assert source.things and len(source.things) < len(source)
+    drawn = [source.sample(np.random.default_rng(seed), 32).category for seed in range(40)]
+    assert all(category in THING_CATEGORIES for category in drawn)
+    alike = [everything.sample(np.random.default_rng(seed), 32).category for seed in range(40)]
+    assert any(category not in THING_CATEGORIES for category in alike)
 
 
 def test_validation_split_is_stable_and_about_ten_percent():
