@@ -23,7 +23,7 @@ from ..iharmony import read_iharmony_labels, read_iharmony_split
 from ..thumbnails import make_thumbnails
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "recolour", "lab_to_rgb",
-           "validation_batches", "THING_CATEGORIES", "VAL_SEED"]
+           "validation_batches", "colour_neighbours", "THING_CATEGORIES", "VAL_SEED"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
@@ -31,6 +31,7 @@ UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-sha
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
 # Foreground classes that are things (iHarmony4's foregrounds are objects: people, animals, food, products); the
 # rest of the manifest's classes are stuff regions (sky, terrain, vegetation, water, building).
+SIMILAR_DONORS = 20  # a "similar" donor is one of this many photos whose objects' mean colour is nearest
 THING_CATEGORIES = frozenset({"person", "animal", "vehicle", "other", UNKNOWN})
 Array = np.ndarray
 
@@ -189,12 +190,13 @@ class PhotoSource:
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
                  untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0,
-                 thing_share: float | None = None, histogram_share: float = 0.0):
+                 thing_share: float | None = None, histogram_share: float = 0.0, similar_share: float = 0.0):
         manifest = Path(manifest)
         self.untouched_share = untouched_share
         self.same_category_share = same_category_share
         self.thing_share = thing_share  # None: every photo equally likely as the one recoloured
         self.histogram_share = histogram_share
+        self.similar_share = similar_share
         with manifest.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
         if not rows:
@@ -209,6 +211,7 @@ class PhotoSource:
         for i, category in enumerate(self.categories):
             self.by_category.setdefault(category, []).append(i)
         self.things = [i for i, category in enumerate(self.categories) if category in THING_CATEGORIES]
+        self.similar = colour_neighbours(self.images, self.masks) if similar_share > 0 else None
 
     def __len__(self):
         return len(self.images)
@@ -222,16 +225,27 @@ class PhotoSource:
         j = int(rng.integers(len(self)))
         # HFlickr and HCOCO were made by transferring colour from an object of the same category in another photo.
         same_category = self.same_category_share > 0 and rng.random() < self.same_category_share
-        if same_category:
-            peers = self.by_category[self.categories[i]]
+        similar = not same_category and self.similar is not None and rng.random() < self.similar_share
+        if same_category or similar:
+            peers = self.by_category[self.categories[i]] if same_category else self.similar[i]
             j = peers[int(rng.integers(len(peers)))]
         donor_image, donor_mask = _augment(rng, self.images[j], self.masks[j], size)
         # Donor region: the other photo's object, its background, or the whole photo.
-        kind = 0 if same_category else rng.integers(3)
+        kind = 0 if same_category or similar else rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
         composite = recolour(rng, real, mask, donor, self.untouched_share, self.histogram_share)
         return Pair(composite, real, mask, self.categories[i])
+
+
+def colour_neighbours(images: list[Array], masks: list[Array], count: int = SIMILAR_DONORS) -> list[list[int]]:
+    """For each photo, the `count` other photos whose objects' mean Lab colours are nearest to its object's."""
+    means = np.stack([color.rgb2lab(image[mask > 127][None] / 255.0)[0].mean(0) if (mask > 127).any()
+                      else np.full(3, np.inf) for image, mask in zip(images, masks, strict=True)])
+    distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    count = min(count, len(images) - 1)
+    return [list(np.argsort(row)[:count]) if count > 0 else [i] for i, row in enumerate(distance)]
 
 
 def _augment(rng, image: Array, mask: Array, size: int) -> tuple[Array, Array]:

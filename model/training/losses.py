@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-__all__ = ["Discriminator", "harm", "masked_l1", "masked_l1_per_image", "mismatch_weights"]
+__all__ = ["Discriminator", "PER_IMAGE_LOSSES", "harm", "masked_loss", "masked_l1_per_image", "masked_l2_per_image",
+           "mismatch_weights"]
 
 
 def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -11,10 +12,18 @@ def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tens
     return ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
 
 
-def masked_l1(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
-              image_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The paper's loss: the relative L1 averaged over the batch (weighted if given)."""
-    per_image = masked_l1_per_image(pred, real, mask)
+def masked_l2_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each image's mean squared error over its mask (its fMSE): large errors count more than in the L1."""
+    return ((pred - real) ** 2 * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+
+
+PER_IMAGE_LOSSES = {"l1": masked_l1_per_image, "l2": masked_l2_per_image}
+
+
+def masked_loss(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
+                image_weights: torch.Tensor | None = None, per_image_loss=masked_l1_per_image) -> torch.Tensor:
+    """The batch mean (weighted if given) of a per-image loss: by default the paper's relative L1."""
+    per_image = per_image_loss(pred, real, mask)
     return per_image.mean() if image_weights is None else (per_image * image_weights).mean()
 
 
@@ -29,9 +38,10 @@ def mismatch_weights(composite: torch.Tensor, real: torch.Tensor, mask: torch.Te
     return weights / weights.mean()
 
 
-def harm(pred: torch.Tensor, composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def harm(pred: torch.Tensor, composite: torch.Tensor, real: torch.Tensor, mask: torch.Tensor,
+         per_image_loss=masked_l1_per_image) -> torch.Tensor:
     """Mean over the batch of each image's error beyond its composite's: the damage done, not the gain missed."""
-    return (masked_l1_per_image(pred, real, mask) - masked_l1_per_image(composite, real, mask)).clamp_min(0).mean()
+    return (per_image_loss(pred, real, mask) - per_image_loss(composite, real, mask)).clamp_min(0).mean()
 
 
 class Discriminator(nn.Module):

@@ -32,7 +32,7 @@ from ..network import S2CRNet, count_parameters
 from ..weights import load_initial_weights, save_weights
 from .batch_norm import batch_norm_thumbnails, recompute_batch_norm
 from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource, validation_batches
-from .losses import Discriminator, harm, masked_l1, mismatch_weights
+from .losses import PER_IMAGE_LOSSES, Discriminator, harm, masked_loss, mismatch_weights
 from .pretrained import load_imagenet_weights
 from .quality import RealTriples, estimate_quality, selection_key
 from .recipes import RECIPES, recipe_defaults
@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thing-share", type=float, default=None,
                    help="share of pairs whose recoloured photo is drawn from the thing classes (person, animal, "
                         "vehicle, other, unknown) rather than from all photos alike (default: all alike)")
+    g.add_argument("--similar-share", type=float, default=0.0,
+                   help="share of pairs whose colour donor is an object of similar mean colour in another photo "
+                        "(a stand-in for the same kind of object under other light, as iHarmony4's donors were)")
     g.add_argument("--histogram-share", type=float, default=0.0,
                    help="share of statistics transfers that match the donor's whole per-channel histogram "
                         "instead of its mean and spread")
@@ -94,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mismatch-scale", type=float, default=0.0,
                    help="weigh each image by 1 / (its composite's relative L1 + this), in 0-1 pixel units "
                         "(0 = the paper's equal weights)")
+    g.add_argument("--loss", default="l1", choices=sorted(PER_IMAGE_LOSSES),
+                   help="per-image error over the mask: l1 (the paper's) or l2 (squared, as MSE and fMSE score)")
     g.add_argument("--harm-weight", type=float, default=0.0,
                    help="extra weight on each image's error beyond its composite's own (harm over missed gain)")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
@@ -138,7 +143,8 @@ def param_groups(net: S2CRNet, backbone_lr_scale: float) -> list[dict]:
 def training_sources(args) -> list:
     sources = [PhotoSource(m, "train", untouched_share=args.untouched_share,
                            same_category_share=args.same_category_share, thing_share=args.thing_share,
-                           histogram_share=args.histogram_share) for m in args.photos]
+                           histogram_share=args.histogram_share, similar_share=args.similar_share)
+               for m in args.photos]
     sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
         raise ValueError("no training data: give --photos MANIFEST and/or --iharmony DIR")
@@ -260,9 +266,11 @@ def run(args) -> dict:
         weights = None
         if args.mismatch_scale:
             weights = mismatch_weights(batch["composite"], batch["real"], batch["mask"], args.mismatch_scale)
-        loss = sum(masked_l1(out, batch["real"], batch["mask"], weights) for out in outputs)
+        per_image_loss = PER_IMAGE_LOSSES[args.loss]
+        loss = sum(masked_loss(out, batch["real"], batch["mask"], weights, per_image_loss) for out in outputs)
         if args.harm_weight:
-            loss = loss + args.harm_weight * harm(outputs[-1], batch["composite"], batch["real"], batch["mask"])
+            loss = loss + args.harm_weight * harm(outputs[-1], batch["composite"], batch["real"], batch["mask"],
+                                                  per_image_loss)
         if disc is not None:
             fake_score = disc(outputs[-1], batch["mask"])
             loss = loss + args.gan_weight * ((fake_score - 1) ** 2).mean()

@@ -20,11 +20,19 @@ from model.training.average import run as run_average
 from model.training.calibrate import add_arguments as add_calibrate_arguments
 from model.training.calibrate import fit_strength
 from model.training.calibrate import run as run_calibrate
-from model.training.data import THING_CATEGORIES, VAL_SEED, HarmonyPairs, PhotoSource, is_validation, recolour
+from model.training.data import (
+    THING_CATEGORIES,
+    VAL_SEED,
+    HarmonyPairs,
+    PhotoSource,
+    colour_neighbours,
+    is_validation,
+    recolour,
+)
 from model.training.evaluate import add_arguments as add_eval_arguments
 from model.training.evaluate import evaluate, find_items, format_table, lab_transfer, score, summarise
 from model.training.evaluate import run as run_eval
-from model.training.losses import masked_l1, mismatch_weights
+from model.training.losses import PER_IMAGE_LOSSES, masked_loss, mismatch_weights
 from model.training.renorm import add_arguments as add_renorm_arguments
 from model.training.renorm import run as run_renorm
 from model.training.train import add_arguments, run
@@ -146,7 +154,7 @@ def test_training_steps_lower_the_loss():
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)  # a from-scratch rate
     losses = []
     for _ in range(80):
-        loss = sum(masked_l1(o, images, masks) for o in net(thumbs, composite, masks))
+        loss = sum(masked_loss(o, images, masks) for o in net(thumbs, composite, masks))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -165,7 +173,39 @@ def test_mismatch_weights_favour_mild_mismatches_and_average_one():
     inverse = 1 / torch.tensor([0.05, 0.10, 0.25])  # 1 / (the composite's relative L1 + scale)
     assert torch.allclose(weights, inverse / inverse.mean())
     # Per-image L1 0, 0.05 and 0.2 against weights 20 : 10 : 4, scaled to average 1.
-    assert masked_l1(composite, real, mask, weights).item() == pytest.approx((0.05 * 10 + 0.2 * 4) / 34)
+    assert masked_loss(composite, real, mask, weights).item() == pytest.approx((0.05 * 10 + 0.2 * 4) / 34)
+
+
+def test_the_squared_loss_scores_each_image_by_its_foreground_mse():
+    real = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :4] = 1
+    pred = real.clone()
+    pred[0, :, :4] = 0.1  # error 0.1 over the whole mask
+    pred[1, 0, :4] = 0.3  # error 0.3 in one channel of three
+    pred[:, :, 6:] = 0.9  # outside the mask: must not count
+    assert torch.allclose(PER_IMAGE_LOSSES["l2"](pred, real, mask), torch.tensor([0.01, 0.03]))
+    assert torch.allclose(PER_IMAGE_LOSSES["l1"](pred, real, mask), torch.tensor([0.1, 0.1]))
+    # The same mean L1, but the concentrated error weighs three times more squared: what MSE scores.
+    assert masked_loss(pred, real, mask, per_image_loss=PER_IMAGE_LOSSES["l2"]).item() == pytest.approx(0.02)
+
+
+def test_similar_donors_are_the_photos_whose_objects_are_nearest_in_colour():
+    colours = {"red": (200, 30, 30), "dark red": (150, 20, 25), "blue": (30, 40, 200), "pale blue": (120, 140, 230),
+               "grey": (128, 128, 128)}
+    images, masks = [], []
+    for rgb in colours.values():
+        image = np.full((16, 16, 3), 255, np.uint8)  # white backgrounds: only the object may count
+        image[4:12, 4:12] = rgb
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 255
+        images.append(image)
+        masks.append(mask)
+    neighbours = colour_neighbours(images, masks, count=2)
+    names = list(colours)
+    assert [names[j] for j in neighbours[0]][0] == "dark red"
+    assert [names[j] for j in neighbours[2]][0] == "pale blue"
+    assert all(i not in row and len(row) == 2 for i, row in enumerate(neighbours))
 
 
 def train_args(tmp_path, manifest, *extra):
