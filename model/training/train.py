@@ -99,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0 = the paper's equal weights)")
     g.add_argument("--loss", default="l1", choices=sorted(PER_IMAGE_LOSSES),
                    help="per-image error over the mask: l1 (the paper's) or l2 (squared, as MSE and fMSE score)")
+    g.add_argument("--harm-loss", default=None, choices=sorted(PER_IMAGE_LOSSES),
+                   help="the per-image error the harm term compares (default: --loss's); l1 guards mild mismatches "
+                        "more than l2, whose small errors square to almost nothing")
     g.add_argument("--harm-weight", type=float, default=0.0,
                    help="extra weight on each image's error beyond its composite's own (harm over missed gain)")
     g.add_argument("--gan-weight", type=float, default=0.0, help="the paper's LSGAN term (0.01 in the paper)")
@@ -269,8 +272,9 @@ def run(args) -> dict:
         per_image_loss = PER_IMAGE_LOSSES[args.loss]
         loss = sum(masked_loss(out, batch["real"], batch["mask"], weights, per_image_loss) for out in outputs)
         if args.harm_weight:
+            harm_loss = PER_IMAGE_LOSSES[args.harm_loss or args.loss]
             loss = loss + args.harm_weight * harm(outputs[-1], batch["composite"], batch["real"], batch["mask"],
-                                                  per_image_loss)
+                                                  harm_loss)
         if disc is not None:
             fake_score = disc(outputs[-1], batch["mask"])
             loss = loss + args.gan_weight * ((fake_score - 1) ** 2).mean()
