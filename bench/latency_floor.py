@@ -24,7 +24,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import SIDES, real_square, socket_port  # noqa: E402
+from bench_service import SIDES, decode_encode_ms, out, real_square, socket_port  # noqa: E402
 
 from model import Harmonizer  # noqa: E402
 
@@ -89,17 +89,12 @@ def measure(harmonizer: Harmonizer, client: httpx.Client, url: str, side: int, r
     def encode():
         rendered.save(io.BytesIO(), "JPEG", quality=95)
 
-    def baseline():
-        decoded = Image.open(io.BytesIO(jpeg))
-        decoded.load()
-        decoded.save(io.BytesIO(), "JPEG", quality=95)
-
     def transport():
         response = client.post(url + "/echo", files=files, timeout=120)
         if response.status_code != 200 or len(response.content) != len(jpeg):
             raise RuntimeError(f"echo answered {response.status_code}")
 
-    stages = {"baseline": baseline, "transport": transport, "decode": decode,
+    stages = {"baseline": lambda: decode_encode_ms(jpeg, 1), "transport": transport, "decode": decode,
               "forward": lambda: harmonizer.curves_from_thumbnails([thumbs]),
               "render": lambda: harmonizer.render(image, mask, curves), "encode": encode}
     for fn in stages.values():
@@ -109,11 +104,6 @@ def measure(harmonizer: Harmonizer, client: httpx.Client, url: str, side: int, r
         for name, fn in stages.items():
             times[name].append(timed(fn))
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def main() -> None:

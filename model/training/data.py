@@ -29,9 +29,9 @@ VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
 UNTOUCHED_SHARE = 0.1  # the default; training can ask for more (--untouched-share), validation keeps this
 TRANSFER_SHARE = 4 / 9  # of the recoloured pairs, those made by statistics transfer (the rest: retouching only)
+SIMILAR_DONORS = 20  # a "similar" donor is one of this many photos whose objects' mean colour is nearest
 # Foreground classes that are things (iHarmony4's foregrounds are objects: people, animals, food, products); the
 # rest of the manifest's classes are stuff regions (sky, terrain, vegetation, water, building).
-SIMILAR_DONORS = 20  # a "similar" donor is one of this many photos whose objects' mean colour is nearest
 THING_CATEGORIES = frozenset({"person", "animal", "vehicle", "other", UNKNOWN})
 Array = np.ndarray
 
@@ -190,11 +190,11 @@ class PhotoSource:
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
                  untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0,
-                 thing_share: float | None = None, histogram_share: float = 0.0, similar_share: float = 0.0):
+                 thing_share: float = 0.0, histogram_share: float = 0.0, similar_share: float = 0.0):
         manifest = Path(manifest)
         self.untouched_share = untouched_share
         self.same_category_share = same_category_share
-        self.thing_share = thing_share  # None: every photo equally likely as the one recoloured
+        self.thing_share = thing_share  # 0: every photo equally likely as the one recoloured
         self.histogram_share = histogram_share
         self.similar_share = similar_share
         with manifest.open(newline="") as f:
@@ -217,7 +217,7 @@ class PhotoSource:
         return len(self.images)
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
-        if self.thing_share is not None and self.things and rng.random() < self.thing_share:
+        if self.thing_share > 0 and self.things and rng.random() < self.thing_share:
             i = self.things[int(rng.integers(len(self.things)))]
         else:
             i = int(rng.integers(len(self)))

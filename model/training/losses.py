@@ -7,14 +7,19 @@ __all__ = ["Discriminator", "PER_IMAGE_LOSSES", "harm", "masked_loss", "masked_l
            "mismatch_weights"]
 
 
+def _mean_over_mask(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each image's mean of a per-pixel, per-channel error over its mask: Σ error·m / (3 Σm)."""
+    return (error * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+
+
 def masked_l1_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The paper's relative L1 of each image: Σ|ŷ − y|·m / Σm."""
-    return ((pred - real).abs() * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+    return _mean_over_mask((pred - real).abs(), mask)
 
 
 def masked_l2_per_image(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each image's mean squared error over its mask (its fMSE): large errors count more than in the L1."""
-    return ((pred - real) ** 2 * mask).sum((1, 2, 3)) / (3 * mask.sum((1, 2, 3)).clamp_min(1.0))
+    return _mean_over_mask((pred - real) ** 2, mask)
 
 
 PER_IMAGE_LOSSES = {"l1": masked_l1_per_image, "l2": masked_l2_per_image}

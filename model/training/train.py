@@ -55,9 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of training photos left as they are (validation always uses the default)")
     g.add_argument("--same-category-share", type=float, default=0.0,
                    help="share of pairs whose colour donor is an object of the same category (as HFlickr/HCOCO)")
-    g.add_argument("--thing-share", type=float, default=None,
+    g.add_argument("--thing-share", type=float, default=0.0,
                    help="share of pairs whose recoloured photo is drawn from the thing classes (person, animal, "
-                        "vehicle, other, unknown) rather than from all photos alike (default: all alike)")
+                        "vehicle, other, unknown) rather than from all photos alike")
     g.add_argument("--similar-share", type=float, default=0.0,
                    help="share of pairs whose colour donor is an object of similar mean colour in another photo "
                         "(a stand-in for the same kind of object under other light, as iHarmony4's donors were)")
@@ -258,6 +258,7 @@ def run(args) -> dict:
             f.write(line + "\n")
 
     # 3. The loop
+    per_image_loss, harm_loss = PER_IMAGE_LOSSES[args.loss], PER_IMAGE_LOSSES[args.harm_loss or args.loss]
     net.train()
     last_save = time.monotonic()
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
@@ -269,10 +270,8 @@ def run(args) -> dict:
         weights = None
         if args.mismatch_scale:
             weights = mismatch_weights(batch["composite"], batch["real"], batch["mask"], args.mismatch_scale)
-        per_image_loss = PER_IMAGE_LOSSES[args.loss]
         loss = sum(masked_loss(out, batch["real"], batch["mask"], weights, per_image_loss) for out in outputs)
         if args.harm_weight:
-            harm_loss = PER_IMAGE_LOSSES[args.harm_loss or args.loss]
             loss = loss + args.harm_weight * harm(outputs[-1], batch["composite"], batch["real"], batch["mask"],
                                                   harm_loss)
         if disc is not None:
