@@ -320,12 +320,16 @@ def tiny_manifest(tmp_path, n: int = 12):
             im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
         row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
         row["id"] = f"tiny/{stem}"
-    manifest = tmp_path / "manifest.csv"
-    with manifest.open("w", newline="") as f:
+    return write_manifest(tmp_path / "manifest.csv", rows)
+
+
+def write_manifest(path, rows: list[dict]):
+    """A photo manifest (../shared/data/photos/manifest.csv's columns) with these rows."""
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
 
 
 def make_iharmony_fixture(root, n: int = 3):
