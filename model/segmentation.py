@@ -25,7 +25,6 @@ Rules, each for a reason:
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from .layers import parse_box, whole_number
 from .runtime import ONNX_INSTALL, installed
 
 __all__ = ["BOX_MARGIN", "EDGE_RAMP", "MODEL_DISTRIBUTION", "MODEL_INSTALL", "MODEL_SHA256", "NO_OBJECT_LEVEL",
-           "BoxError", "NoObjectError", "Segmenter", "SegmenterMissing", "find_model_file", "grow_box", "has_matte",
-           "parse_mask_box", "region_of"]
+           "BoxError", "NoObjectError", "Segmenter", "SegmenterError", "SegmenterMissing", "find_model_file",
+           "grow_box", "has_matte", "parse_mask_box", "region_of"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,12 @@ _RESAMPLE_DOWN = Image.Resampling.BILINEAR
 _REDUCING_GAP = 2.0  # large images: box-reduce first, then bilinear on the rest (fast, no aliasing)
 
 
-class SegmenterMissing(RuntimeError):
-    """The U²-Netp model (or onnxruntime) is not installed, or its file is not the one we checked."""
+class SegmenterError(RuntimeError):
+    """The segmentation model cannot be used: unreadable, not the file we checked, or not an ONNX model."""
+
+
+class SegmenterMissing(SegmenterError):
+    """The U²-Netp model, or onnxruntime, is not installed: the message says what to install."""
 
 
 class BoxError(ValueError):
@@ -90,7 +93,7 @@ def find_model_file(distribution: str = MODEL_DISTRIBUTION, relative: str = MODE
     entry = next((f for f in dist.files or () if f.as_posix() == relative), None)
     path = Path(dist.locate_file(entry if entry is not None else relative))
     if not path.is_file():
-        raise SegmenterMissing(f"{distribution} {dist.version} is installed but has no {relative}; reinstall it: "
+        raise SegmenterError(f"{distribution} {dist.version} is installed but has no {relative}; reinstall it: "
                                f"{MODEL_INSTALL}")
     return path
 
@@ -142,21 +145,6 @@ def grow_box(box: tuple[int, int, int, int], size: tuple[int, int],
     return max(x0 - dx, 0), max(y0 - dy, 0), min(x1 + dx, size[0]), min(y1 + dy, size[1])
 
 
-@dataclass(frozen=True)
-class SegmenterInfo:
-    """What /info and `s2crnet info` show of the segmenter."""
-
-    model: str
-    file: str
-    sha256: str
-    input_size: int
-    threads: int | None
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "file": self.file, "sha256": self.sha256, "input_size": self.input_size,
-                "distribution": f"{MODEL_DISTRIBUTION} {MODEL_VERSION}", "threads": self.threads}
-
-
 class Segmenter:
     """U²-Netp behind an onnxruntime session. Thread-safe: concurrent mask() calls share the session."""
 
@@ -182,10 +170,10 @@ class Segmenter:
         try:
             blob = path.read_bytes()
         except OSError as e:
-            raise SegmenterMissing(f"cannot read the segmentation model {path}: {e.strerror or e}") from e
+            raise SegmenterError(f"cannot read the segmentation model {path}: {e.strerror or e}") from e
         digest = hashlib.sha256(blob).hexdigest()
         if sha256 is not None and digest != sha256:
-            raise SegmenterMissing(f"{path} has sha256 {digest[:12]}…, not U²-Netp's {sha256[:12]}…; reinstall "
+            raise SegmenterError(f"{path} has sha256 {digest[:12]}…, not U²-Netp's {sha256[:12]}…; reinstall "
                                    f"it: {MODEL_INSTALL} --force-reinstall")
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1
@@ -195,15 +183,18 @@ class Segmenter:
         try:
             session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's own exception types for a corrupt or foreign file
-            raise SegmenterMissing(f"{path} is not a valid ONNX model: {str(e).strip()[:200]}") from e
+            raise SegmenterError(f"{path} is not a valid ONNX model: {str(e).strip()[:200]}") from e
         shape = session.get_inputs()[0].shape
         if list(shape[1:]) != [3, INPUT_SIZE, INPUT_SIZE]:
-            raise SegmenterMissing(f"{path} takes {shape}, not 1×3×{INPUT_SIZE}×{INPUT_SIZE} like U²-Netp")
+            raise SegmenterError(f"{path} takes {shape}, not 1×3×{INPUT_SIZE}×{INPUT_SIZE} like U²-Netp")
         log.info("segmenter: U²-Netp from %s, sha256 %s", path, digest)
         return cls(session, path, digest, threads)
 
     def info(self) -> dict:
-        return SegmenterInfo("u2netp", str(self.path), self.sha256, INPUT_SIZE, self.threads).to_dict()
+        """What /info shows: the model, its file and sha256, where it came from."""
+        return {"available": True, "model": "u2netp", "file": str(self.path), "sha256": self.sha256,
+                "distribution": f"{MODEL_DISTRIBUTION} {MODEL_VERSION}", "input_size": INPUT_SIZE,
+                "threads": self.threads}
 
     # --- the three steps -----------------------------------------------------------------------------------
     @staticmethod
