@@ -201,6 +201,7 @@ async function run() {
   delete $("result").dataset.rendered;
   const started = performance.now();
   try {
+    await inputsRead; // a file still being read (a large mask, a cutout being found) is part of this run
     const inputs = await inputsOfThisRun();
     state.sent = inputs.fields;
     const track = uploadTracker(2);
@@ -394,7 +395,7 @@ function setUpBrush() {
     last = point;
   });
   canvas.addEventListener("pointerup", (event) => {
-    if (boxFrom !== null) guarded(findObject)(boxFrom, at(event));
+    if (boxFrom !== null) reading(findObject)(boxFrom, at(event));
     boxFrom = last = null;
   });
   canvas.addEventListener("pointercancel", () => {
@@ -587,13 +588,22 @@ function guarded(handler) {
   return (...args) => handler(...args).catch((error) => showError(`the page failed: ${error}`));
 }
 
+let inputsRead = Promise.resolve(); // the last chosen file's reading (decode, mask, cutout): a run waits for it
+function reading(handler) {
+  return (...args) => {
+    const done = guarded(handler)(...args);
+    inputsRead = inputsRead.then(() => done);
+    return done;
+  };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["mode-composite", "mode-layer"]) $(id).addEventListener("change", chooseMode);
-  $("composite").addEventListener("change", guarded(chooseComposite));
-  $("mask").addEventListener("change", guarded(chooseMask));
-  $("foreground").addEventListener("change", guarded(chooseForeground));
-  $("foreground-mask").addEventListener("change", guarded(chooseForeground));
-  $("background").addEventListener("change", guarded(chooseBackground));
+  $("composite").addEventListener("change", reading(chooseComposite));
+  $("mask").addEventListener("change", reading(chooseMask));
+  $("foreground").addEventListener("change", reading(chooseForeground));
+  $("foreground-mask").addEventListener("change", reading(chooseForeground));
+  $("background").addEventListener("change", reading(chooseBackground));
   $("run").addEventListener("click", run);
   $("strength").addEventListener("input", renderSoon);
   $("divider").addEventListener("input", moveDivider);
