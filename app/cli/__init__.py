@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
                              "timings in ms, error")
     harmonize.set_defaults(handler=cmd_harmonize)
-    add_video_command(commands, model_options, _strength, _point, _positive_int)
+    add_video_command(commands, model_options, _strength, _point, _positive_int, _box)
     add_mask_command(commands, _box)
 
     serve = commands.add_parser(

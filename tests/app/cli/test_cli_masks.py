@@ -115,3 +115,17 @@ def test_mistakes_are_one_line(tmp_path, composite, args, words):
     filled = [a.format(comp=composite[0], flat=flat, tmp=tmp_path) for a in args]
     assert_one_error_line(run_cli(*filled, "--device", "cpu") if filled[0] == "harmonize" else run_cli(*filled),
                           words)
+
+
+def test_harmonize_video_with_mask_auto(tmp_path):
+    from helpers import make_clip, video_frames
+
+    video, mask, masks, _ = make_clip(tmp_path, count=8, size=(320, 192), audio=False)
+    ys, xs = np.nonzero(masks[0] > 127)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    result = run_cli("harmonize-video", video, "--mask", "auto", "--box", _box(box), "--mask-every", "3",
+                     "-o", tmp_path / "out.mp4", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("8 frames") and len(video_frames(tmp_path / "out.mp4")) == 8
+    assert_one_error_line(run_cli("harmonize-video", video, "--mask", mask, "--box", _box(box), "-o",
+                                  tmp_path / "o.mp4"), "--box goes with INPUT --mask auto")
