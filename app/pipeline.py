@@ -249,13 +249,19 @@ async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack
     return background, mask_image, thumbs, layered, cutout
 
 
-async def _prepare_auto_mask(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
-    """composite + mask=auto (+ box) → (decoded composite, the found mask, thumbnails)."""
+async def _decode_and_find(service: Service, timings: dict, composite: UploadFile, box, stack: AsyncExitStack,
+                           what: str) -> tuple[imaging.Decoded, object]:
+    """Decode the composite (its reservation covers the found mask too) and find its object → (decoded, mask)."""
     masking.check_available(service)  # before the upload is decoded
     with service.stage(timings, "decode"):
-        (decoded,) = await _decode_parts(service, [(form.composite, "composite", True)], stack, segmented=0)
+        (decoded,) = await _decode_parts(service, [(composite, "composite", True)], stack, segmented=0)
     service.metrics.megapixels.observe(decoded.image.width * decoded.image.height / 1e6)
-    found = await masking.find_mask(service, timings, decoded.image, form.object_box)
+    return decoded, await masking.find_mask(service, timings, decoded.image, box, what)
+
+
+async def _prepare_auto_mask(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
+    """composite + mask=auto (+ box) → (decoded composite, the found mask, thumbnails)."""
+    decoded, found = await _decode_and_find(service, timings, form.composite, form.object_box, stack, "mask=auto")
     with service.stage(timings, "thumbnail"):
         image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded,
                                                                imaging.Decoded(found, None, None))
@@ -265,10 +271,7 @@ async def _prepare_auto_mask(service: Service, timings: dict, form: InputForm, s
 
 async def find_mask(service: Service, timings: dict, composite: UploadFile, box, stack: AsyncExitStack) -> bytes:
     """POST /mask: the composite → the found mask as PNG bytes, the composite's size (EXIF orientation applied)."""
-    masking.check_available(service)
-    with service.stage(timings, "decode"):
-        (decoded,) = await _decode_parts(service, [(composite, "composite", True)], stack, segmented=0)
-    found = await masking.find_mask(service, timings, decoded.image, box, "POST /mask")
+    decoded, found = await _decode_and_find(service, timings, composite, box, stack, "POST /mask")
     del decoded  # the mask is all that is left to send
     settings = service.settings
     with service.stage(timings, "encode"):
