@@ -33,7 +33,7 @@ from PIL import Image
 
 from .inputs import image_to_pil
 from .layers import parse_box, whole_number
-from .runtime import ONNX_INSTALL, installed
+from .runtime import ONNX_INSTALL, import_onnxruntime, installed
 
 __all__ = ["BOX_MARGIN", "EDGE_RAMP", "MODEL_DISTRIBUTION", "MODEL_INSTALL", "MODEL_SHA256", "NO_OBJECT_LEVEL",
            "BoxError", "NoObjectError", "Segmenter", "SegmenterError", "SegmenterMissing", "find_model_file",
@@ -164,8 +164,7 @@ class Segmenter:
         if not installed("onnxruntime"):
             raise SegmenterMissing(f"masks without painting run on onnxruntime, which is not installed: "
                                    f"{ONNX_INSTALL}")
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         path = Path(path) if path is not None else find_model_file()
         try:
             blob = path.read_bytes()
