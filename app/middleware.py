@@ -29,7 +29,7 @@ __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 
 log = logging.getLogger(__name__)
 
-WORK_PATHS = ("/harmonize", "/curves")
+WORK_PATHS = ("/harmonize", "/curves", "/mask")
 FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -21,6 +21,7 @@ from .files import (
     IMAGE_EXTENSIONS,
     CliError,
     cpu_cores,
+    decode_file,
     decode_pair,
     load_job,
     output_format,
@@ -28,6 +29,7 @@ from .files import (
 )
 from .folder import FolderRun, Report, Summary, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
+from .masks import auto_mask_jobs, check_segmenter, find_mask, load_auto_mask_job, segmenter_of
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ def _check_category(harmonizer, category: str | None) -> None:
 def cmd_harmonize(args: argparse.Namespace) -> int:
     folder_mode = args.composites is not None or args.masks is not None
     layer_one = args.foreground is not None or args.background is not None
+    auto = args.mask_mode == "auto"
+    if auto:
+        _check_auto_mask(args, folder_mode, layer_one)
+        return _harmonize_auto_folder(args) if folder_mode else _harmonize_one(args)
+    if args.boxes:
+        raise CliError("--boxes gives the object's box per composite for --mask auto")
     placement = [flag for flag, value in (("--at", args.at), ("--scale", args.scale), ("--box", args.box),
                                           ("--feather", args.feather), ("--foreground-mask", args.foreground_mask))
                  if value is not None]
@@ -88,6 +96,36 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     return _harmonize_one(args)
 
 
+def _check_auto_mask(args: argparse.Namespace, folder_mode: bool, layer_one: bool) -> None:
+    """--mask auto: a COMPOSITE (with --box) or --composites (with --boxes), nothing else."""
+    if layer_one or args.layers:
+        raise CliError("--mask auto finds the object of a composite; a plain-photo --foreground is cut out "
+                       "without it")
+    if args.mask or args.masks:
+        raise CliError("--mask auto finds the mask: give no MASK file or --masks folder with it")
+    others = [flag for flag, value in (("--at", args.at), ("--scale", args.scale), ("--feather", args.feather),
+                                       ("--foreground-mask", args.foreground_mask)) if value is not None]
+    if others or args.layer:
+        raise CliError(f"{', '.join(others or ['--layer'])}: layer input only, not with --mask auto")
+    if folder_mode and args.box is not None:
+        raise CliError("--box is one composite's; in folder mode give --boxes CSV")
+    if not folder_mode and args.boxes:
+        raise CliError("--boxes is for folder mode (--composites DIR); one composite takes --box")
+    if folder_mode and (args.curves or args.cube):
+        raise CliError("--curves and --cube write the curves of one image; use them without --composites")
+    if not folder_mode and not args.composite:
+        raise CliError("--mask auto takes a COMPOSITE (or --composites DIR)")
+    if not folder_mode and args.report:
+        raise CliError("--report writes one row per image of folder mode (--composites)")
+    check_segmenter()
+
+
+def _harmonize_auto_folder(args: argparse.Namespace) -> int:
+    jobs = auto_mask_jobs(args)
+    base = Path(args.composites).resolve()
+    return _run_jobs(args, jobs, Summary(), base, load_auto_mask_job)
+
+
 def _write_curves(args: argparse.Namespace, harmonizer, curves, name: str) -> None:
     if args.curves:
         info = harmonizer.info()
@@ -115,6 +153,9 @@ def _harmonize_layer_one(args: argparse.Namespace) -> int:
         prepared = load_layer_job(harmonizer, job, args.feather or 0.0, mask_path, args.box)
     except LayerError as e:
         raise CliError(layer_message(e)) from None
+    if prepared.cutout:
+        sys.stderr.write(f"s2crnet: {job.foreground.name} has no alpha: its subject was cut out automatically "
+                         "(give --foreground-mask to choose the matte yourself)\n")
     (curves,) = harmonizer.curves_from_thumbnails([prepared.thumbs], [args.category])
     curves = curves.with_strength(args.strength)
     if args.layer:
@@ -133,9 +174,15 @@ def _harmonize_one(args: argparse.Namespace) -> int:
     output = Path(args.output)
     # Bad extensions and unreadable files fail at once, before the model's slow load.
     output_format(output)
-    image, mask, icc_profile = decode_pair(Path(args.composite), Path(args.mask))
+    if args.mask_mode == "auto":
+        decoded = decode_file(Path(args.composite), "composite", True)
+        image, icc_profile = decoded.image, decoded.icc_profile
+    else:
+        image, mask, icc_profile = decode_pair(Path(args.composite), Path(args.mask))
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
+    if args.mask_mode == "auto":
+        mask = find_mask(segmenter_of(harmonizer), image, args.box, args.composite)
     image, mask, thumbs = harmonizer.prepare(image, mask)
     (curves,) = harmonizer.curves_from_thumbnails([thumbs], [args.category])
     curves = curves.with_strength(args.strength)

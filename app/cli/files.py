@@ -81,6 +81,7 @@ class Prepared:
     icc_profile: bytes | None
     layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
+    cutout: bool = False  # layer input: the foreground was a plain photo, its subject cut out (app/cli/masks.py)
 
 
 def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
