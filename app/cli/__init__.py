@@ -5,6 +5,7 @@
     s2crnet harmonize --foreground fg.png --background bg.jpg --at X,Y [--scale S | --box x0,y0,x1,y1]
                       [--feather PX] [--strength S] [--layer] -o out.png
     s2crnet harmonize --layers manifest.csv -o OUTDIR [--layer] [--report CSV]   # many placed layers
+    s2crnet harmonize --composites s3://in/c --masks s3://in/m -o s3://out/h --ray [ADDRESS] [--ray-actors 2]
     s2crnet harmonize-video clip.mp4 --mask matte.mp4 -o out.mp4 [--smoothing 0.5] | --foreground --background
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto] [--runtime auto]
     s2crnet export --format onnx -o model.onnx [--weights PATH] [--batch dynamic|N]
@@ -31,6 +32,7 @@ from ..logs import configure_logging
 from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error
+from .ray_batch import add_arguments as add_ray_arguments
 from .video import add_video_command
 
 __all__ = ["build_parser", "main"]
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--report", metavar="CSV",
                         help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
                              "timings in ms, error")
+    add_ray_arguments(harmonize, _positive_int)
     harmonize.set_defaults(handler=cmd_harmonize)
     add_video_command(commands, model_options, _strength, _point, _positive_int)
 

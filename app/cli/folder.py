@@ -237,7 +237,7 @@ class Report:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="", encoding="utf-8")  # closed by close()
+        self.file = path.open("w", newline="", encoding="utf-8")  # closed by close(); a Path or (--ray) a UPath
         self.writer = csv.writer(self.file)
         self.writer.writerow(self.COLUMNS)
 

@@ -1,0 +1,267 @@
+"""--ray: folder and manifest mode as a Ray Data job, on a local cluster or a KubeRay one (the `ray` extra).
+
+    jobs (paths) → read + decode + thumbnails (tasks) → curves, batched (actors: the model loaded once each)
+                 → read + decode + render + encode + write (tasks) → one result row per image → report, summary
+
+Pairing, naming, resume, the report and the exit code are folder mode's own (commands._run_jobs); only the
+pipeline differs. What passes between stages through the object store is the job (its paths), the thumbnails
+(8 × S × S float32) and the curves' LUT (3 × 256): a full-size image exists only inside the task decoding it,
+never in the object store, at the price of decoding each image twice (bench/bench_ray.py measures it).
+Each output is written whole or not at all, and only where none exists (storage.write_whole), so a task that Ray
+retries after its worker died (Ray Data's default: tasks run again, dead actors restart and take their batch
+again, as often as needed) never leaves a half file nor writes an output twice.
+"""
+
+import logging
+import math
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .files import cpu_cores, image_bytes
+from .folder import describe_error, shown_path
+from .storage import write_whole
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 4  # small blocks: little held per task, an even spread over the workers, cheap retries
+MISMATCH_KEYS = ("mean", "r", "g", "b")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None  # None: RAY_ADDRESS if set, else a new local cluster on this machine's cores
+    actors: int  # curve-predicting actors
+    actor_cpus: float
+    actor_gpus: float
+    memory_mb: int | None  # object store memory the job may fill before upstream stages wait (backpressure)
+    task_memory_mb: int  # memory each decoding task reserves: how many full-size images a node holds at once
+
+
+class _Thumbnailer:
+    """What load_job / load_layer_job call `harmonizer`: its prepare() without a network (only the thumbnail
+    size is needed); thumb None skips the thumbnails (the render stage decodes only to render)."""
+
+    def __init__(self, thumb: int | None):
+        self.thumb = thumb
+
+    def prepare(self, image, mask):
+        from model.inputs import to_pil_pair
+        from model.thumbnails import thumbnail_array
+
+        image, mask = to_pil_pair(image, mask)
+        return image, mask, thumbnail_array(image, mask, self.thumb) if self.thumb else None
+
+
+# --- the stages (each runs on a worker; batches are dicts of numpy columns) ------------------------------------
+
+def decode_and_thumbnail(batch: dict, loader, thumb: int) -> dict:
+    """Stage 1 (tasks): read and decode each pair, keep only its thumbnails. A broken file fails its row."""
+    thumbs = np.zeros((len(batch["job"]), 8, thumb, thumb), np.float32)
+    errors, decode_s = [], []
+    for i, job in enumerate(batch["job"]):
+        try:
+            prepared = loader(_Thumbnailer(thumb), pickle.loads(job))
+        except Exception as e:  # a broken image is reported, the job goes on
+            errors.append(describe_error(e))
+            decode_s.append(0.0)
+            continue
+        thumbs[i] = prepared.thumbs
+        errors.append("")
+        decode_s.append(prepared.timings["decode"])
+    return {"index": batch["index"], "job": batch["job"], "error": np.array(errors, dtype=object),
+            "thumbs": thumbs, "decode_s": np.array(decode_s)}
+
+
+class PredictCurves:
+    """Stage 2 (actors): one forward pass per batch of thumbnails → each row's LUT and mismatch score."""
+
+    def __init__(self, weights: str | None, device: str, runtime: str, category: str | None,
+                 strength: float | None, threads: int):
+        from app.startup import load_harmonizer
+
+        self.harmonizer = load_harmonizer(weights, device, weights_name="--weights", runtime=runtime,
+                                          threads=threads)
+        self.category, self.strength = category, strength
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["job"])
+        errors = list(batch["error"])
+        luts = np.zeros((n, 3, 256), np.uint8)
+        mismatch = np.full((n, len(MISMATCH_KEYS)), np.nan)
+        good = [i for i in range(n) if not errors[i]]
+        start = time.perf_counter()
+        try:
+            curves = self.harmonizer.curves_from_thumbnails([batch["thumbs"][i] for i in good],
+                                                            [self.category] * len(good))
+        except Exception as e:  # a failed batch fails its images, the job goes on
+            for i in good:
+                errors[i] = describe_error(e)
+            curves, good = [], []
+        for i, c in zip(good, curves, strict=True):
+            c = c.with_strength(self.strength)
+            luts[i] = c.lut()
+            if c.mismatch is not None:
+                mismatch[i] = [c.mismatch[k] for k in MISMATCH_KEYS]
+        infer_s = np.where([not e for e in errors], time.perf_counter() - start, 0.0)
+        return {"index": batch["index"], "job": batch["job"], "error": np.array(errors, dtype=object),
+                "lut": luts, "mismatch": mismatch, "decode_s": batch["decode_s"], "infer_s": infer_s}
+
+
+def render_and_write(batch: dict, loader, layer: bool, quality: int, overwrite: bool) -> dict:
+    """Stage 3 (tasks): decode again, render with the LUT, encode, write whole (storage.write_whole)."""
+    from model.curves import render
+    from model.layers import cut_layer
+
+    n = len(batch["job"])
+    errors = list(batch["error"])
+    decode_s, render_s, encode_s = np.array(batch["decode_s"], dtype=float), np.zeros(n), np.zeros(n)
+    for i, raw in enumerate(batch["job"]):
+        if errors[i]:
+            continue
+        job = pickle.loads(raw)
+        try:
+            # An output that appeared since the job was planned was written by an earlier attempt of this task
+            # (Ray retried it after its worker died): done, not written again.
+            if not overwrite and job.output.exists():
+                continue
+            start = time.perf_counter()
+            prepared = loader(_Thumbnailer(None), job)
+            decoded = time.perf_counter()
+            lut = batch["lut"][i]
+            image = cut_layer(prepared.layered, lut) if layer else render(prepared.image, prepared.mask, lut)
+            rendered = time.perf_counter()
+            write_whole(job.output, image_bytes(image, job.output, quality, prepared.icc_profile), overwrite)
+            decode_s[i] += decoded - start
+            render_s[i], encode_s[i] = rendered - decoded, time.perf_counter() - rendered
+        except Exception as e:  # an unreadable or unwritable file is reported, the job goes on
+            errors[i] = describe_error(e)
+    return {"index": batch["index"], "error": np.array(errors, dtype=object), "mismatch": batch["mismatch"],
+            "decode_s": decode_s, "infer_s": batch["infer_s"], "render_s": render_s, "encode_s": encode_s}
+
+
+# --- the driver ---------------------------------------------------------------------------------------------------
+
+def connect(options: RayOptions) -> bool:
+    """Join the cluster at options.address (or RAY_ADDRESS), else start a local one on this machine's cores
+    → whether this call started it (and so stops it at the end)."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
+        return False
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # the CLI's output is its own
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet)
+        return False
+    store = options.memory_mb * 2**20 * 2 if options.memory_mb else None  # room for the job's limit, and more
+    ray.init(address="local", num_cpus=cpu_cores(), include_dashboard=False, object_store_memory=store, **quiet)
+    return True
+
+
+def build_dataset(jobs: list, args, loader, thumb: int, options: RayOptions):
+    """The three stages over `jobs` (FolderJob or LayerJob, paths only), lazily: nothing runs until iterated."""
+    import ray.data
+
+    if not log.isEnabledFor(logging.INFO):  # without --verbose, Ray Data's own lines stay out of the CLI's output
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI's own bar counts finished images
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = False
+    if options.memory_mb:
+        context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+            object_store_memory=options.memory_mb * 2**20)
+    # Jobs travel pickled (paths: Path or UPath with its storage options); the driver reports by index.
+    dataset = ray.data.from_items([{"index": i, "job": pickle.dumps(job)} for i, job in enumerate(jobs)],
+                                  override_num_blocks=max(1, math.ceil(len(jobs) / ROWS_PER_BLOCK)))
+    # The reservation also keeps the decoding stages apart from the actors' (Ray Data fuses stages whose
+    # remote arguments agree): decoding scales out with tasks while the actors only predict.
+    task = {"num_cpus": 1, "memory": options.task_memory_mb * 2**20}
+    dataset = dataset.map_batches(decode_and_thumbnail, batch_size=ROWS_PER_BLOCK,
+                                  fn_kwargs={"loader": loader, "thumb": thumb}, **task)
+    threads = max(1, int(options.actor_cpus))
+    device = "cuda" if options.actor_gpus > 0 and args.device == "auto" else args.device
+    dataset = dataset.map_batches(
+        PredictCurves, batch_size=args.batch_size,
+        fn_constructor_kwargs={"weights": args.weights, "device": device, "runtime": args.runtime,
+                               "category": args.category, "strength": args.strength, "threads": threads},
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=options.actor_cpus, num_gpus=options.actor_gpus)
+    return dataset.map_batches(render_and_write, batch_size=ROWS_PER_BLOCK,
+                               fn_kwargs={"loader": loader, "layer": args.layer, "quality": args.quality,
+                                          "overwrite": args.overwrite}, **task)
+
+
+def run_on_ray(args, pending: list, summary, report, progress, thumb: int, loader, base) -> float:
+    """Run `pending` through the cluster; each finished row goes to the summary, report and progress bar as it
+    comes, like FolderRun. Returns the time the pipeline started (the summary's rate excludes connecting)."""
+    import ray
+
+    options = ray_options(args)
+    local = connect(options)
+    try:
+        dataset = build_dataset(pending, args, loader, thumb, options)
+        return _collect(dataset, pending, summary, report, progress, base)
+    finally:
+        if local:
+            ray.shutdown()
+
+
+def _collect(dataset, jobs: list, summary, report, progress, base) -> float:
+    started = time.perf_counter()
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, index in enumerate(batch["index"]):
+            job = jobs[index]
+            error = batch["error"][i]
+            if error:
+                summary.failed.append((job.source, error))
+                if report is not None:
+                    report.write(job.source, job.output, "failed", error=error)
+                progress.write(f"s2crnet: failed {shown_path(job.source, base)}: {error}", file=sys.stderr)
+            else:
+                summary.harmonized += 1
+                if report is not None:
+                    values = batch["mismatch"][i]
+                    mismatch = None if np.isnan(values).any() else dict(zip(MISMATCH_KEYS, values, strict=True))
+                    timings = {stage: float(batch[f"{stage}_s"][i]) for stage in ("decode", "infer", "render",
+                                                                                 "encode")}
+                    report.write(job.source, job.output, "harmonized", mismatch=mismatch, timings=timings)
+            progress.update()
+    return started
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+def add_arguments(parser, positive_int) -> None:
+    """The harmonize command's --ray and storage options."""
+    group = parser.add_argument_group(
+        "Ray and storage", "run folder or manifest mode as a Ray Data job (pip install 's2crnet[ray]'); inputs "
+        "and -o may then be s3://bucket/prefix")
+    group.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="the cluster: ADDRESS (host:6379, auto, ray://host:10001), or none: RAY_ADDRESS if "
+                            "set, else a local cluster on this machine")
+    group.add_argument("--ray-actors", type=positive_int, default=1, metavar="N",
+                       help="curve-predicting actors, each loading the model once (default 1)")
+    group.add_argument("--ray-actor-cpus", type=float, default=1.0, metavar="C",
+                       help="CPUs each actor reserves (default 1; also its forward pass's threads)")
+    group.add_argument("--ray-actor-gpus", type=float, default=0.0, metavar="G",
+                       help="GPUs each actor reserves (default 0; above 0 the network runs on CUDA)")
+    group.add_argument("--ray-memory-mb", type=positive_int, default=None, metavar="MB",
+                       help="object store memory the job may fill before reading waits (default: Ray's share)")
+    group.add_argument("--ray-task-memory-mb", type=positive_int, default=1024, metavar="MB",
+                       help="memory each decoding task reserves, so a node decodes no more full-size images "
+                            "than it holds (default 1024; a 49 MP image needs about 600)")
+    group.add_argument("--s3-endpoint", metavar="URL",
+                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS); credentials come from "
+                            "the AWS environment variables of every node")
+    group.add_argument("--s3-region", metavar="REGION", help="S3 region (default: AWS_REGION)")
+
+
+def ray_options(args) -> RayOptions:
+    return RayOptions(args.ray or None, args.ray_actors, args.ray_actor_cpus, args.ray_actor_gpus,
+                      args.ray_memory_mb, args.ray_task_memory_mb)
