@@ -68,12 +68,13 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
             candidates = masks_by_stem.get((folder, iharmony4["mask"]))
         if not candidates:
             expected = f"{path.stem}.*" + (f" or {iharmony4['mask']}.*" if iharmony4 else "")
-            unpaired.append((path, f"no mask named {expected} in {masks / folder}"))
+            unpaired.append((path, f"no mask named {expected} in {masks.joinpath(*folder.parts)}"))
             continue
         if len(candidates) > 1:
             unpaired.append((path, f"several masks could match: {', '.join(p.name for p in candidates)}"))
             continue
-        output = out_dir / folder / (path.stem + (extension or output_extension(path)))
+        # By parts: a UPath (s3://, with --ray) keeps a relative '.' as a path segment where pathlib drops it.
+        output = out_dir.joinpath(*folder.parts, path.stem + (extension or output_extension(path)))
         if output in outputs:
             unpaired.append((path, f"its output {output.name} clashes with that of {outputs[output].name}"))
             continue

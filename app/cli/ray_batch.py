@@ -149,18 +149,27 @@ def render_and_write(batch: dict, loader, layer: bool, quality: int, overwrite: 
 def connect(options: RayOptions) -> bool:
     """Join the cluster at options.address (or RAY_ADDRESS), else start a local one on this machine's cores
     → whether this call started it (and so stops it at the end)."""
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        loopback_only()
     import ray
 
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return False
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # the CLI's output is its own
-    address = options.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
         return False
     store = options.memory_mb * 2**20 * 2 if options.memory_mb else None  # room for the job's limit, and more
     ray.init(address="local", num_cpus=cpu_cores(), include_dashboard=False, object_store_memory=store, **quiet)
     return True
+
+
+def loopback_only() -> None:
+    """Make a local cluster (this machine alone) use 127.0.0.1, not an address other hosts reach: Ray on Linux
+    turns 127.0.0.1 into the machine's own address unless clusters are off (ray_constants.ENABLE_RAY_CLUSTER,
+    read when ray is first imported)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def build_dataset(jobs: list, args, loader, thumb: int, options: RayOptions):
@@ -200,15 +209,15 @@ def build_dataset(jobs: list, args, loader, thumb: int, options: RayOptions):
 def run_on_ray(args, pending: list, summary, report, progress, thumb: int, loader, base) -> float:
     """Run `pending` through the cluster; each finished row goes to the summary, report and progress bar as it
     comes, like FolderRun. Returns the time the pipeline started (the summary's rate excludes connecting)."""
-    import ray
-
     options = ray_options(args)
-    local = connect(options)
+    local = connect(options)  # before anything imports ray (see loopback_only)
     try:
         dataset = build_dataset(pending, args, loader, thumb, options)
         return _collect(dataset, pending, summary, report, progress, base)
     finally:
         if local:
+            import ray
+
             ray.shutdown()
 
 
