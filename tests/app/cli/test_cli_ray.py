@@ -227,15 +227,20 @@ def test_resume_skips_outputs_already_there_and_never_overwrites_them(cluster, s
     endpoint, fs = s3
     _, reference = inputs
     versioned_bucket(fs, "resumed")
+    fs.mkdir("reports")
     names = sorted(reference)
     done, stale = names[:10], names[10]
     for name in done:
         fs.pipe_file(f"resumed/out/{name}", reference[name])
     fs.pipe_file(f"resumed/out/{stale}", b"an earlier run's output")
 
-    result = run(ray_job(cluster, endpoint, "s3://inbox", "s3://resumed/out"))
+    result = run(ray_job(cluster, endpoint, "s3://inbox", "s3://resumed/out", "--report",
+                         "s3://reports/resumed.csv"))
 
     assert summary(result) == (COUNT - 11, 11, 1, 0), result.stderr
+    rows = list(csv.DictReader(fs.cat_file("reports/resumed.csv").decode().splitlines()))
+    statuses = [row["status"] for row in rows]
+    assert len(rows) == COUNT + 1 and statuses.count("skipped") == 11 and statuses.count("failed") == 1
     assert fs.cat_file(f"resumed/out/{stale}") == b"an earlier run's output"  # kept: no --overwrite
     check_bucket_holds_reference(fs, "resumed", "out", {**reference, stale: b"an earlier run's output"})
 
