@@ -134,6 +134,7 @@ class FolderRun:
         decoding: deque[tuple[FolderJob, Future]] = deque()
         saving: deque[tuple[FolderJob, Future]] = deque()
         batch: list[tuple[FolderJob, Prepared]] = []
+        taken = 0  # jobs of the current batch taken from `decoding`, broken ones included
         exhausted = False
         try:
             while True:
@@ -149,14 +150,18 @@ class FolderRun:
                 # 2. take the next decoded image, in order
                 if decoding:
                     job, future = decoding.popleft()
+                    taken += 1
                     try:
                         batch.append((job, future.result()))
                     except Exception as e:  # any broken file is reported and skipped, never fatal
                         self._fail(job, e)
-                # 3. one forward pass per full batch (or for what is left at the end)
-                if batch and (len(batch) >= self.batch_size or (exhausted and not decoding)):
-                    saving.extend(self._infer(batch))
-                    batch = []
+                # 3. one forward pass per `batch_size` consecutive jobs (or what is left at the end), less the
+                # broken ones: the batches depend on the job list alone, so --ray (ray_batch.Group) runs the same
+                # forward passes, and float sums over other batches cannot move a level of the output
+                if taken and (taken >= self.batch_size or (exhausted and not decoding)):
+                    if batch:
+                        saving.extend(self._infer(batch))
+                    batch, taken = [], 0
                 if exhausted and not decoding and not batch:
                     break
                 if saving and len(decoding) + len(batch) + len(saving) >= self.budget:

@@ -4,21 +4,21 @@
                  → read + decode + render + encode + write (tasks) → one result row per image → report, summary
 
 Pairing, naming, resume, the report and the exit code are folder mode's own (commands._run_jobs); only the
-pipeline differs. What passes between stages through the object store is the job (its paths), the thumbnails
-(8 × S × S float32) and the curves' LUT (3 × 256): a full-size image exists only inside the task decoding it,
-never in the object store, at the price of decoding each image twice (bench/bench_ray.py measures it).
+pipeline differs, and its forward passes are folder mode's batches (Group), so the bytes written are the same.
+What passes between stages through the object store is a group's jobs (their paths), thumbnails (8 × S × S
+float32 each) and LUTs (3 × 256): a full-size image exists only inside the task decoding it, never in the object
+store, at the price of decoding each image twice (bench/bench_ray.py measures it).
 Each output is written whole or not at all, and only where none exists (storage.write_whole), so a task that Ray
 retries after its worker died (Ray Data's default: tasks run again, dead actors restart and take their batch
 again, as often as needed) never leaves a half file nor writes an output twice.
 """
 
 import logging
-import math
 import os
 import pickle
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,8 +28,6 @@ from .storage import write_whole
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_BLOCK = 4  # small blocks: little held per task, an even spread over the workers, cheap retries
-MISMATCH_KEYS = ("mean", "r", "g", "b")
 
 
 @dataclass(frozen=True)
@@ -57,28 +55,47 @@ class _Thumbnailer:
         return image, mask, thumbnail_array(image, mask, self.thumb) if self.thumb else None
 
 
-# --- the stages (each runs on a worker; batches are dicts of numpy columns) ------------------------------------
+# --- the stages (each call takes one row: one group, as a dict of one-element numpy columns) -----------------
 
-def decode_and_thumbnail(batch: dict, loader, thumb: int) -> dict:
-    """Stage 1 (tasks): read and decode each pair, keep only its thumbnails. A broken file fails its row."""
-    thumbs = np.zeros((len(batch["job"]), 8, thumb, thumb), np.float32)
-    errors, decode_s = [], []
-    for i, job in enumerate(batch["job"]):
+@dataclass
+class Group:
+    """One forward pass's worth of jobs: folder mode's batch (FolderRun: --batch-size consecutive jobs), so both
+    modes run the same forward passes and write the same bytes (float sums over another batch move a level now
+    and then). It travels pickled from stage to stage, collecting each job's outcome."""
+
+    jobs: list  # FolderJob or LayerJob: paths only
+    errors: list[str] = field(default_factory=list)  # "" while a job is fine
+    luts: list = field(default_factory=list)  # (3, 256) uint8 per job, None where it failed
+    mismatch: list = field(default_factory=list)
+    timings: list = field(default_factory=list)  # seconds per stage, for --report
+
+    def good(self) -> list[int]:
+        return [i for i, error in enumerate(self.errors) if not error]
+
+
+def _row(group: Group, **columns) -> dict:
+    return {"group": np.array([pickle.dumps(group)], dtype=object), **columns}
+
+
+def decode_and_thumbnail(row: dict, loader, thumb: int, batch_size: int) -> dict:
+    """Stage 1 (tasks): read and decode each pair, keep only its thumbnails. A broken file fails its job."""
+    group: Group = pickle.loads(row["group"][0])
+    thumbs = np.zeros((1, batch_size, 8, thumb, thumb), np.float32)  # one shape for every row: padded
+    for i, job in enumerate(group.jobs):
         try:
-            prepared = loader(_Thumbnailer(thumb), pickle.loads(job))
+            prepared = loader(_Thumbnailer(thumb), job)
         except Exception as e:  # a broken image is reported, the job goes on
-            errors.append(describe_error(e))
-            decode_s.append(0.0)
+            group.errors.append(describe_error(e))
+            group.timings.append({})
             continue
-        thumbs[i] = prepared.thumbs
-        errors.append("")
-        decode_s.append(prepared.timings["decode"])
-    return {"index": batch["index"], "job": batch["job"], "error": np.array(errors, dtype=object),
-            "thumbs": thumbs, "decode_s": np.array(decode_s)}
+        thumbs[0, i] = prepared.thumbs
+        group.errors.append("")
+        group.timings.append(dict(prepared.timings))
+    return _row(group, thumbs=thumbs)
 
 
 class PredictCurves:
-    """Stage 2 (actors): one forward pass per batch of thumbnails → each row's LUT and mismatch score."""
+    """Stage 2 (actors): one forward pass per group → each job's LUT and mismatch score."""
 
     def __init__(self, weights: str | None, device: str, runtime: str, category: str | None,
                  strength: float | None, threads: int):
@@ -88,42 +105,33 @@ class PredictCurves:
                                           threads=threads)
         self.category, self.strength = category, strength
 
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["job"])
-        errors = list(batch["error"])
-        luts = np.zeros((n, 3, 256), np.uint8)
-        mismatch = np.full((n, len(MISMATCH_KEYS)), np.nan)
-        good = [i for i in range(n) if not errors[i]]
+    def __call__(self, row: dict) -> dict:
+        group: Group = pickle.loads(row["group"][0])
+        good = group.good()
+        group.luts, group.mismatch = [None] * len(group.jobs), [None] * len(group.jobs)
         start = time.perf_counter()
         try:
-            curves = self.harmonizer.curves_from_thumbnails([batch["thumbs"][i] for i in good],
+            curves = self.harmonizer.curves_from_thumbnails([row["thumbs"][0][i] for i in good],
                                                             [self.category] * len(good))
         except Exception as e:  # a failed batch fails its images, the job goes on
             for i in good:
-                errors[i] = describe_error(e)
-            curves, good = [], []
-        for i, c in zip(good, curves, strict=True):
+                group.errors[i] = describe_error(e)
+            return _row(group)
+        for i, c in zip(good, curves, strict=True):  # each image's row reports the forward pass of its batch
             c = c.with_strength(self.strength)
-            luts[i] = c.lut()
-            if c.mismatch is not None:
-                mismatch[i] = [c.mismatch[k] for k in MISMATCH_KEYS]
-        infer_s = np.where([not e for e in errors], time.perf_counter() - start, 0.0)
-        return {"index": batch["index"], "job": batch["job"], "error": np.array(errors, dtype=object),
-                "lut": luts, "mismatch": mismatch, "decode_s": batch["decode_s"], "infer_s": infer_s}
+            group.luts[i], group.mismatch[i] = c.lut(), c.mismatch
+            group.timings[i]["infer"] = time.perf_counter() - start
+        return _row(group)
 
 
-def render_and_write(batch: dict, loader, layer: bool, quality: int, overwrite: bool) -> dict:
+def render_and_write(row: dict, loader, layer: bool, quality: int, overwrite: bool) -> dict:
     """Stage 3 (tasks): decode again, render with the LUT, encode, write whole (storage.write_whole)."""
     from model.curves import render
     from model.layers import cut_layer
 
-    n = len(batch["job"])
-    errors = list(batch["error"])
-    decode_s, render_s, encode_s = np.array(batch["decode_s"], dtype=float), np.zeros(n), np.zeros(n)
-    for i, raw in enumerate(batch["job"]):
-        if errors[i]:
-            continue
-        job = pickle.loads(raw)
+    group: Group = pickle.loads(row["group"][0])
+    for i in group.good():
+        job, timings = group.jobs[i], group.timings[i]
         try:
             # An output that appeared since the job was planned was written by an earlier attempt of this task
             # (Ray retried it after its worker died): done, not written again.
@@ -132,16 +140,15 @@ def render_and_write(batch: dict, loader, layer: bool, quality: int, overwrite: 
             start = time.perf_counter()
             prepared = loader(_Thumbnailer(None), job)
             decoded = time.perf_counter()
-            lut = batch["lut"][i]
+            lut = group.luts[i]
             image = cut_layer(prepared.layered, lut) if layer else render(prepared.image, prepared.mask, lut)
             rendered = time.perf_counter()
             write_whole(job.output, image_bytes(image, job.output, quality, prepared.icc_profile), overwrite)
-            decode_s[i] += decoded - start
-            render_s[i], encode_s[i] = rendered - decoded, time.perf_counter() - rendered
+            timings["decode"] += decoded - start  # the report's decode_ms: both decodes
+            timings["render"], timings["encode"] = rendered - decoded, time.perf_counter() - rendered
         except Exception as e:  # an unreadable or unwritable file is reported, the job goes on
-            errors[i] = describe_error(e)
-    return {"index": batch["index"], "error": np.array(errors, dtype=object), "mismatch": batch["mismatch"],
-            "decode_s": decode_s, "infer_s": batch["infer_s"], "render_s": render_s, "encode_s": encode_s}
+            group.errors[i] = describe_error(e)
+    return _row(group)
 
 
 # --- the driver ---------------------------------------------------------------------------------------------------
@@ -173,7 +180,7 @@ def loopback_only() -> None:
 
 
 def build_dataset(jobs: list, args, loader, thumb: int, options: RayOptions):
-    """The three stages over `jobs` (FolderJob or LayerJob, paths only), lazily: nothing runs until iterated."""
+    """The three stages over `jobs` in groups of --batch-size, lazily: nothing runs until iterated."""
     import ray.data
 
     if not log.isEnabledFor(logging.INFO):  # without --verbose, Ray Data's own lines stay out of the CLI's output
@@ -185,25 +192,27 @@ def build_dataset(jobs: list, args, loader, thumb: int, options: RayOptions):
     if options.memory_mb:
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=options.memory_mb * 2**20)
-    # Jobs travel pickled (paths: Path or UPath with its storage options); the driver reports by index.
-    dataset = ray.data.from_items([{"index": i, "job": pickle.dumps(job)} for i, job in enumerate(jobs)],
-                                  override_num_blocks=max(1, math.ceil(len(jobs) / ROWS_PER_BLOCK)))
+    size = args.batch_size
+    groups = [Group(jobs[start:start + size]) for start in range(0, len(jobs), size)]
+    # One group per block: a task holds one full-size image at a time, a retry redoes one group.
+    dataset = ray.data.from_items([{"group": pickle.dumps(group)} for group in groups],
+                                  override_num_blocks=len(groups))
     # The reservation also keeps the decoding stages apart from the actors' (Ray Data fuses stages whose
     # remote arguments agree): decoding scales out with tasks while the actors only predict.
-    task = {"num_cpus": 1, "memory": options.task_memory_mb * 2**20}
-    dataset = dataset.map_batches(decode_and_thumbnail, batch_size=ROWS_PER_BLOCK,
-                                  fn_kwargs={"loader": loader, "thumb": thumb}, **task)
+    task = {"batch_size": 1, "num_cpus": 1, "memory": options.task_memory_mb * 2**20}
+    dataset = dataset.map_batches(decode_and_thumbnail, fn_kwargs={"loader": loader, "thumb": thumb,
+                                                                   "batch_size": size}, **task)
     threads = max(1, int(options.actor_cpus))
     device = "cuda" if options.actor_gpus > 0 and args.device == "auto" else args.device
     dataset = dataset.map_batches(
-        PredictCurves, batch_size=args.batch_size,
+        PredictCurves, batch_size=1,
         fn_constructor_kwargs={"weights": args.weights, "device": device, "runtime": args.runtime,
                                "category": args.category, "strength": args.strength, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.actor_cpus, num_gpus=options.actor_gpus)
-    return dataset.map_batches(render_and_write, batch_size=ROWS_PER_BLOCK,
-                               fn_kwargs={"loader": loader, "layer": args.layer, "quality": args.quality,
-                                          "overwrite": args.overwrite}, **task)
+    return dataset.map_batches(render_and_write, fn_kwargs={"loader": loader, "layer": args.layer,
+                                                            "quality": args.quality, "overwrite": args.overwrite},
+                               **task)
 
 
 def run_on_ray(args, pending: list, summary, report, progress, thumb: int, loader, base) -> float:
@@ -213,7 +222,7 @@ def run_on_ray(args, pending: list, summary, report, progress, thumb: int, loade
     local = connect(options)  # before anything imports ray (see loopback_only)
     try:
         dataset = build_dataset(pending, args, loader, thumb, options)
-        return _collect(dataset, pending, summary, report, progress, base)
+        return _collect(dataset, summary, report, progress, base)
     finally:
         if local:
             import ray
@@ -221,26 +230,23 @@ def run_on_ray(args, pending: list, summary, report, progress, thumb: int, loade
             ray.shutdown()
 
 
-def _collect(dataset, jobs: list, summary, report, progress, base) -> float:
+def _collect(dataset, summary, report, progress, base) -> float:
     started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, index in enumerate(batch["index"]):
-            job = jobs[index]
-            error = batch["error"][i]
-            if error:
-                summary.failed.append((job.source, error))
-                if report is not None:
-                    report.write(job.source, job.output, "failed", error=error)
-                progress.write(f"s2crnet: failed {shown_path(job.source, base)}: {error}", file=sys.stderr)
-            else:
-                summary.harmonized += 1
-                if report is not None:
-                    values = batch["mismatch"][i]
-                    mismatch = None if np.isnan(values).any() else dict(zip(MISMATCH_KEYS, values, strict=True))
-                    timings = {stage: float(batch[f"{stage}_s"][i]) for stage in ("decode", "infer", "render",
-                                                                                 "encode")}
-                    report.write(job.source, job.output, "harmonized", mismatch=mismatch, timings=timings)
-            progress.update()
+        for raw in batch["group"]:
+            group: Group = pickle.loads(raw)
+            for job, error, mismatch, timings in zip(group.jobs, group.errors, group.mismatch, group.timings,
+                                                     strict=True):
+                if error:
+                    summary.failed.append((job.source, error))
+                    if report is not None:
+                        report.write(job.source, job.output, "failed", error=error)
+                    progress.write(f"s2crnet: failed {shown_path(job.source, base)}: {error}", file=sys.stderr)
+                else:
+                    summary.harmonized += 1
+                    if report is not None:
+                        report.write(job.source, job.output, "harmonized", mismatch=mismatch, timings=timings)
+                progress.update()
     return started
 
 

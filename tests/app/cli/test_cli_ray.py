@@ -36,6 +36,7 @@ from app.cli.storage import location, write_whole  # noqa: E402
 S2CRNET = Path(sys.executable).parent / "s2crnet"
 SUMMARY = re.compile(r"(\d+) harmonized, (\d+) skipped \(output exists\), (\d+) failed, (\d+) unpaired")
 COUNT = 40  # composites in the default suite; the issue's 300 run in the slow test
+BATCH = 4  # --batch-size of both modes: the same forward passes, so the same bytes (ray_batch.Group)
 ACTOR, RENDER = "PredictCurves", "render_and_write"  # in the process titles of the job's workers
 
 
@@ -79,10 +80,13 @@ def make_inputs(root: Path, count: int) -> Path:
     return root
 
 
-def single_machine(inputs: Path, out: Path) -> dict[str, bytes]:
-    """Plain folder mode on the same files: the bytes every --ray output must have."""
-    result = run(["harmonize", "--composites", inputs / "composites", "--masks", inputs / "masks", "-o", out])
-    assert summary(result) == (len(list((inputs / "masks").iterdir())) - 1, 0, 1, 0), result.stderr
+def single_machine(inputs: Path, out: Path, skipped: int = 0) -> dict[str, bytes]:
+    """Plain folder mode on the same files (into `out`, which may hold outputs already): the bytes every --ray
+    output must have."""
+    result = run(["harmonize", "--composites", inputs / "composites", "--masks", inputs / "masks", "-o", out,
+                  "--batch-size", BATCH])
+    count = len(list((inputs / "masks").iterdir())) - 1
+    assert summary(result) == (count - skipped, skipped, 1, 0), result.stderr
     return {path.name: path.read_bytes() for path in out.iterdir()}
 
 
@@ -131,7 +135,7 @@ def summary(result: subprocess.CompletedProcess) -> tuple[int, ...]:
 
 def ray_job(cluster: str, endpoint: str, source: str, out: str, *extra) -> list:
     return ["harmonize", "--composites", f"{source}/composites", "--masks", f"{source}/masks", "-o", out,
-            "--ray", cluster, "--s3-endpoint", endpoint, "--batch-size", 4, *extra]
+            "--ray", cluster, "--s3-endpoint", endpoint, "--batch-size", BATCH, *extra]
 
 
 def ray_workers() -> dict[int, str]:
@@ -223,16 +227,19 @@ def test_s3_to_s3_through_the_cluster_with_workers_killed(cluster, s3, inputs, t
     assert all(float(row["mismatch"]) > 0 and float(row["infer_ms"]) > 0 for row in rows if row["mismatch"])
 
 
-def test_resume_skips_outputs_already_there_and_never_overwrites_them(cluster, s3, inputs):
+def test_resume_skips_outputs_already_there_and_never_overwrites_them(cluster, s3, inputs, tmp_path):
     endpoint, fs = s3
-    _, reference = inputs
+    root, reference = inputs
     versioned_bucket(fs, "resumed")
     fs.mkdir("reports")
     names = sorted(reference)
     done, stale = names[:10], names[10]
-    for name in done:
-        fs.pipe_file(f"resumed/out/{name}", reference[name])
-    fs.pipe_file(f"resumed/out/{stale}", b"an earlier run's output")
+    earlier = {**{name: reference[name] for name in done}, stale: b"an earlier run's output"}
+    for name, data in earlier.items():  # the same outputs in the bucket and in a local folder
+        fs.pipe_file(f"resumed/out/{name}", data)
+        (tmp_path / "resumed").mkdir(exist_ok=True)
+        (tmp_path / "resumed" / name).write_bytes(data)
+    resumed_reference = single_machine(root, tmp_path / "resumed", skipped=11)  # folder mode resumed likewise
 
     result = run(ray_job(cluster, endpoint, "s3://inbox", "s3://resumed/out", "--report",
                          "s3://reports/resumed.csv"))
@@ -242,7 +249,7 @@ def test_resume_skips_outputs_already_there_and_never_overwrites_them(cluster, s
     statuses = [row["status"] for row in rows]
     assert len(rows) == COUNT + 1 and statuses.count("skipped") == 11 and statuses.count("failed") == 1
     assert fs.cat_file(f"resumed/out/{stale}") == b"an earlier run's output"  # kept: no --overwrite
-    check_bucket_holds_reference(fs, "resumed", "out", {**reference, stale: b"an earlier run's output"})
+    check_bucket_holds_reference(fs, "resumed", "out", resumed_reference)
 
 
 def test_local_manifest_through_the_cluster_equals_manifest_mode(cluster, s3, inputs, tmp_path):
@@ -258,9 +265,9 @@ def test_local_manifest_through_the_cluster_equals_manifest_mode(cluster, s3, in
     lines += [f"{cutouts[0]},{backgrounds[0]},9999,0,1"]  # lands outside: the row fails, the job goes on
     manifest.write_text("\n".join(lines) + "\n")
 
-    plain = run(["harmonize", "--layers", manifest, "-o", tmp_path / "plain", "--feather", 1])
-    on_ray = run(["harmonize", "--layers", manifest, "-o", tmp_path / "ray", "--feather", 1, "--ray", cluster,
-                  "--s3-endpoint", endpoint])
+    plain = run(["harmonize", "--layers", manifest, "-o", tmp_path / "plain", "--feather", 1, "--batch-size", 2])
+    on_ray = run(["harmonize", "--layers", manifest, "-o", tmp_path / "ray", "--feather", 1, "--batch-size", 2,
+                  "--ray", cluster, "--s3-endpoint", endpoint])
 
     assert summary(plain) == summary(on_ray) == (3, 0, 1, 0), plain.stderr + on_ray.stderr
     assert "s2crnet: failed manifest.csv:5: x, y: " in on_ray.stderr
