@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import cpu_cores, image_bytes
+from .files import CliError, cpu_cores, image_bytes
 from .folder import describe_error, shown_path
 from .storage import write_whole
 
@@ -159,7 +159,10 @@ def connect(options: RayOptions) -> bool:
     address = options.address or os.environ.get("RAY_ADDRESS")
     if not address:
         loopback_only()
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise CliError("--ray needs the ray extra: pip install 's2crnet[ray]'") from None
 
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return False
