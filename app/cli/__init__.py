@@ -8,6 +8,7 @@
     s2crnet harmonize comp.jpg --mask auto [--box x0,y0,x1,y1] -o out.jpg     # the object found, not painted
     s2crnet harmonize --composites DIR --mask auto [--boxes CSV] -o OUTDIR
     s2crnet mask IMAGE -o mask.png [--box x0,y0,x1,y1]                         # the found mask, to check or edit
+    s2crnet harmonize --composites s3://in/c --masks s3://in/m -o s3://out/h --ray [ADDRESS] [--ray-actors 2]
     s2crnet harmonize-video clip.mp4 --mask matte.mp4 -o out.mp4 [--smoothing 0.5] | --foreground --background
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto] [--runtime auto]
     s2crnet export --format onnx -o model.onnx [--weights PATH] [--batch dynamic|N]
@@ -35,6 +36,7 @@ from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error
 from .masks import add_mask_command
+from .ray_batch import add_arguments as add_ray_arguments
 from .video import add_video_command
 
 __all__ = ["build_parser", "main"]
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--report", metavar="CSV",
                         help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
                              "timings in ms, error")
+    add_ray_arguments(harmonize, _positive_int)
     harmonize.set_defaults(handler=cmd_harmonize)
     add_video_command(commands, model_options, _strength, _point, _positive_int, _box)
     add_mask_command(commands, _box)

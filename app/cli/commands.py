@@ -30,6 +30,7 @@ from .files import (
 from .folder import FolderRun, Report, Summary, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
 from .masks import auto_mask_jobs, check_segmenter, find_mask, load_auto_mask_job, segmenter_of
+from .storage import is_remote, location, s3_options
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     if (folder_mode or args.layers) and (args.curves or args.cube):
         raise CliError("--curves and --cube write the curves of one image; use them without --composites or "
                        "--layers")
+    if args.ray is not None and not (folder_mode or args.layers):
+        raise CliError("--ray runs folder or manifest mode (--composites/--masks or --layers) on a cluster")
     if args.layers:
         return _harmonize_layers(args)
     if folder_mode:
@@ -193,10 +196,17 @@ def _harmonize_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _location(args: argparse.Namespace, text: str):
+    """A local Path, or (with --ray) an s3:// location."""
+    if is_remote(text) and args.ray is None:
+        raise CliError(f"{text!r}: s3:// locations are read and written by the Ray job: add --ray")
+    return location(text, s3_options(args.s3_endpoint, args.s3_region))
+
+
 def _harmonize_folder(args: argparse.Namespace) -> int:
-    composites, out_dir = Path(args.composites), Path(args.output)
+    composites, out_dir = _location(args, args.composites), _location(args, args.output)
     extension = FORMAT_CHOICES[args.format] if args.format else None
-    jobs, unpaired = pair_folder(composites, Path(args.masks), out_dir, args.recursive, extension)
+    jobs, unpaired = pair_folder(composites, _location(args, args.masks), out_dir, args.recursive, extension)
     base = composites.resolve()
     summary = Summary(unpaired=unpaired)
     for path, reason in unpaired:
@@ -210,7 +220,7 @@ def _harmonize_layers(args: argparse.Namespace) -> int:
     """--layers MANIFEST: one placed, harmonized composite (or --layer) per row, like folder mode."""
     from functools import partial
 
-    manifest, out_dir = Path(args.layers), Path(args.output)
+    manifest, out_dir = _location(args, args.layers), _location(args, args.output)
     extension = FORMAT_CHOICES[args.format] if args.format else None
     if args.layer and extension in (".jpg", ".bmp"):
         raise CliError(f"--layer keeps the foreground's alpha: --format png, webp or tiff, not {args.format}")
@@ -231,7 +241,7 @@ def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path
     summary.skipped = len(jobs) - len(pending)
     log.info("%d jobs, %d not runnable, %d outputs already there", len(jobs),
              len(unpaired or []) + len(bad_rows or []), summary.skipped)
-    report = Report(Path(args.report)) if args.report else None
+    report = Report(_location(args, args.report)) if args.report else None
     try:
         if report is not None:
             for path, reason in unpaired or []:
@@ -243,21 +253,32 @@ def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path
                     report.write(job.source, job.output, "skipped")
         started = time.perf_counter()
         if pending:
-            harmonizer = _load_harmonizer(args)
+            harmonizer = _load_harmonizer(args)  # with --ray too: bad weights or category fail before the job
             _check_category(harmonizer, args.category)
-            # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
-            # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
-            harmonizer.set_threads(max(1, cpu_cores() - args.jobs))
-            started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
-            with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
-                      disable=None if args.progress is None else not args.progress) as progress:
-                FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
-                          base, args.strength, report, loader, args.layer).run(pending)
+            if args.ray is not None:
+                from .ray_batch import run_on_ray
+
+                with _progress_bar(args, len(pending)) as progress:  # the rate excludes joining the cluster
+                    started = run_on_ray(args, pending, summary, report, progress, harmonizer.config.thumb,
+                                         loader, base)
+            else:
+                # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
+                # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
+                harmonizer.set_threads(max(1, cpu_cores() - args.jobs))
+                started = time.perf_counter()  # the summary's images/s is the folder's own rate, loading aside
+                with _progress_bar(args, len(pending)) as progress:
+                    FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress,
+                              summary, base, args.strength, report, loader, args.layer).run(pending)
     finally:
         if report is not None:
             report.close()
     sys.stdout.write(summary.line(time.perf_counter() - started) + "\n")
     return 1 if summary.failed or summary.unpaired else 0
+
+
+def _progress_bar(args: argparse.Namespace, total: int) -> tqdm:
+    return tqdm(total=total, unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
+                disable=None if args.progress is None else not args.progress)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

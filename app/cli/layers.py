@@ -92,7 +92,7 @@ def read_manifest(manifest: Path, out_dir: Path, layer: bool,
     out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"-o {str(out_dir)!r} is a file; --layers writes into a folder")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # a Path, or a UPath (s3://) with --ray
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
