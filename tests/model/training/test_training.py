@@ -501,8 +501,8 @@ def test_shipped_weights_beat_doing_nothing_on_the_shared_samples():
     summary = summarise(rows)["All"]
     assert summary["n"] == 10
     # Hard, strong mismatches: the weights chosen on real composites correct them part of the way (model card).
-    assert summary["S2CRNet"]["mse"] < 0.7 * summary["do nothing"]["mse"]
-    assert summary["S2CRNet"]["fmse"] < 0.7 * summary["do nothing"]["fmse"]
+    assert summary["S2CRNet"]["mse"] < 0.6 * summary["do nothing"]["mse"]  # shipped: 0.52x
+    assert summary["S2CRNet"]["fmse"] < 0.6 * summary["do nothing"]["fmse"]  # shipped: 0.54x
     worse = {row["name"]: row["S2CRNet"]["mse"] / row["do nothing"]["mse"] for row in rows
              if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]}
     assert not worse, f"samples made more than 20% worse than their composite: {worse}"
@@ -512,10 +512,11 @@ def test_shipped_weights_beat_doing_nothing_on_real_composites():
     rows, _ = evaluate(Harmonizer.load(device="cpu"), find_items(REAL_VAL))
     summary = summarise(rows)["All"]
     assert summary["n"] == 18
-    assert summary["S2CRNet"]["mse"] < 0.9 * summary["do nothing"]["mse"]
-    assert summary["S2CRNet"]["fmse"] < summary["do nothing"]["fmse"]
+    # The shipped weights: 0.80x of doing nothing, none made worse (model card); the margin absorbs platform noise.
+    assert summary["S2CRNet"]["mse"] < 0.83 * summary["do nothing"]["mse"]
+    assert summary["S2CRNet"]["fmse"] < 0.85 * summary["do nothing"]["fmse"]
     worse = [row["name"] for row in rows if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]]
-    assert len(worse) <= 2, f"real composites made more than 20% worse than doing nothing: {worse}"
+    assert len(worse) <= 1, f"real composites made more than 20% worse than doing nothing: {worse}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
