@@ -5,6 +5,11 @@ answers at once, before a byte of the body is read: 401 without the bearer token
 503 + Retry-After when `max_queue` requests are already in flight, 413 for a declared Content-Length over the
 limit; then it counts body bytes as they arrive (chunked uploads too) and stops the upload with 413 past the
 limit.
+
+Any answer that starts before the request's body has been read to its end (a 400 for a garbled form, the
+gate's 401/413/422/503, a 404 or 405 that never reads) carries `Connection: close`: uvicorn would otherwise
+read and discard the rest of the body to keep the connection alive, without the upload limit or deadline, for
+as long as the client sends (an endless chunked body holds a connection and a core forever).
 """
 
 import asyncio
@@ -51,20 +56,31 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = REQUEST_ID.set(request_id)  # every line logged for this request carries its id
         status = 500  # what the client saw if the app dies before answering
+        body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
+
+        async def receive_tracked() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_pending = False
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-ID"] = request_id
+                if body_pending:  # the unread rest of the body must not be read after the answer: close
+                    response_headers["Connection"] = "close"
             await send(message)
 
         endpoint = self.service.metrics.endpoint_label(scope["path"])
         try:
             if scope["path"] in WORK_PATHS and scope["method"] == "POST":
-                await self._gated(scope, receive, send_with_id, headers)
+                await self._gated(scope, receive_tracked, send_with_id, headers)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_tracked, send_with_id)
         finally:
             metrics = self.service.metrics
             metrics.requests.labels(endpoint, str(status)).inc()
