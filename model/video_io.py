@@ -11,10 +11,16 @@ Rules, each for a reason:
   matrix, or, for an untagged input, the one players assume (BT.709 from 720 lines up, BT.601 below).
 - Mask frames are lossy when they come from a video: levels within MASK_NOISE of 0 or 255 snap to it, so codec
   noise neither blends the whole frame at 1/255 nor widens the object's bounding box to the frame.
+- Ctrl-C never lands inside the writer: a KeyboardInterrupt between the encoder handing over a frame's packets
+  and their mux would drop them (the decoder then misses a reference picture), so SIGINT waits until the frame
+  (or the final flush) is in the container, then raises as usual.
 """
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +30,8 @@ from PIL import Image
 
 from .inputs import open_upright
 
-__all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "open_source", "snap_mask"]
+__all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "deferred_interrupt", "open_source",
+           "snap_mask"]
 
 log = logging.getLogger(__name__)
 MASK_NOISE = 8  # levels: what an 8-bit 4:2:0 encode of a black/white matte typically wanders by
@@ -33,6 +40,24 @@ MAX_CRF = 63  # the widest constant-rate-factor scale of PyAV's encoders (VP9's;
 HD_LINES = 720  # from here up an untagged video is BT.709 to players, below it BT.601
 BT709, BT601 = (1,), (5, 6)  # FFmpeg's AVColorSpace codes of each matrix (BT.601: BT470BG, SMPTE170M)
 MODES = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray"}  # what a source yields → PyAV's pixel format
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold SIGINT for the block and raise its KeyboardInterrupt at the end. Only where Python's own handler is
+    installed, in the main thread (the only one signals reach); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 class VideoError(ValueError):
@@ -220,17 +245,22 @@ class VideoWriter:
             self.stream.codec_context.sample_aspect_ratio = timing.aspect
         self.audio = {s.index: self.container.add_stream_from_template(s) for s in audio}
         self.held: list = []  # audio packets that came before the first video frame
-        self.started = False
-        self.frames = 0
+        self.started = self.closed = False
+        self.frames = 0  # frames whose packets are all in the container (or, until close, in the encoder)
 
     def copy(self, packet) -> None:
         packet.stream = self.audio[packet.stream.index]
         if self.started:
-            self.container.mux(packet)
+            with deferred_interrupt():
+                self.container.mux(packet)
         else:
             self.held.append(packet)
 
     def write(self, rgb: np.ndarray, pts: int, matrix: list[int] | None = None) -> None:
+        with deferred_interrupt():
+            self._write(rgb, pts, matrix)
+
+    def _write(self, rgb: np.ndarray, pts: int, matrix: list[int] | None) -> None:
         import av
 
         if not self.started:
@@ -247,12 +277,17 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Flush the encoder and finish the container: a playable file of the frames written so far."""
-        if not self.started:
-            self.started = True
-            self.container.mux(self.held)
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
+        """Flush the encoder's delayed frames and finish the container: a playable file of every frame written
+        so far. Closing again does nothing."""
+        with deferred_interrupt():
+            if self.closed:
+                return
+            if not self.started:
+                self.started = True
+                self.container.mux(self.held)
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+            self.closed = True
 
     def abort(self) -> None:
         """Close without caring for the file, and delete it."""

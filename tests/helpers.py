@@ -436,6 +436,22 @@ def video_frames(path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
+def decode_with_errors(path) -> tuple[list[int], list[str]]:
+    """Decode every frame of the first video stream → (their pts, FFmpeg's error messages while demuxing and
+    decoding, such as "reference picture missing"). An empty error list is a file that decodes cleanly."""
+    import av
+    import av.logging
+
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # PyAV passes FFmpeg's log on only from a set level
+    try:
+        with av.logging.Capture() as logs, av.open(str(path)) as container:
+            pts = [frame.pts for frame in container.decode(video=0)]
+    finally:
+        av.logging.set_level(level)
+    return pts, [f"{name}: {message.strip()}" for severity, name, message in logs if severity <= av.logging.ERROR]
+
+
 def video_timing(path) -> dict:
     """What the output must keep: rate, time base, every frame's pts, duration, size, aspect, rotation, audio."""
     import av
