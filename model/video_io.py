@@ -5,6 +5,11 @@ Rules, each for a reason:
 - The output keeps the timing video's timestamps as they are (same time base, same pts), so frame rate, variable
   or fractional (29.97 = 30000/1001), frame count and duration come out as they went in; its average rate,
   pixel aspect and display matrix (rotation, flips) are copied too.
+- A container without per-frame timestamps (AVI, MPEG-PS, ASF, Ogg, 3GP: no AVFMT_VARIABLE_FPS) counts frames
+  at one rate, so there the time base is 1/rate and each frame's pts is its slot on that grid: the rate comes out
+  right (not 1/time base), the index holds one entry per frame, and there are no B-frames (whose reordering
+  needs the timestamps such a container lacks). A clip whose frames do not fit the grid (a
+  variable rate) is refused with the containers that can hold it, rather than written with the wrong timing.
 - Audio packets are copied, never decoded: the sound is bit for bit the input's. They wait until the first video
   frame is decoded, because the header (with the display matrix it carries) is written at the first packet.
 - Colours: decoding reads each frame's own matrix and range; encoding writes limited-range 4:2:0 with the input's
@@ -40,6 +45,7 @@ MAX_CRF = 63  # the widest constant-rate-factor scale of PyAV's encoders (VP9's;
 HD_LINES = 720  # from here up an untagged video is BT.709 to players, below it BT.601
 BT709, BT601 = (1,), (5, 6)  # FFmpeg's AVColorSpace codes of each matrix (BT.601: BT470BG, SMPTE170M)
 MODES = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray"}  # what a source yields → PyAV's pixel format
+VARIABLE_FPS = 0x0400  # FFmpeg's AVFMT_VARIABLE_FPS: the container stores each frame's own timestamp
 
 
 @contextmanager
@@ -232,7 +238,14 @@ class VideoWriter:
             raise VideoError(f"output: a {path.suffix} file cannot hold {names}; try .mkv")
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.codec_context.time_base = time_base
+        # constant-rate containers: pts are frame slots at `rate` (see the module's rules); else the source's own
+        self.source_time_base = time_base
+        self.rate = None if self.container.format.flags & VARIABLE_FPS else Fraction(rate)
+        self.stream.codec_context.time_base = time_base if self.rate is None else 1 / self.rate
+        if self.rate is not None:  # frames in decode order, no pts: no reordering, and no shift of every
+            self.stream.codec_context.max_b_frames = 0  # stream for the audio's priming (a leading empty slot)
+            self.container.container_options["avoid_negative_ts"] = "disabled"
+        self.last_pts: int | None = None
         if crf is not None:
             self.stream.options = {"crf": str(crf)}
         tag = int(timing.stream.codec_context.colorspace) if isinstance(timing, VideoSource) else 2
@@ -272,6 +285,13 @@ class VideoWriter:
             self.held.clear()
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format="yuv420p", dst_colorspace=self.colorspace, dst_color_range="MPEG")
+        if self.rate is not None:
+            pts = round(pts * self.source_time_base * self.rate)
+            if self.last_pts is not None and pts <= self.last_pts:
+                raise VideoError(f"output: a {self.path.suffix} file holds one frame rate ({float(self.rate):g} "
+                                 f"fps), and frame {self.frames + 1} of this clip comes sooner (a variable rate); "
+                                 "write .mp4, .mkv or .mov, which keep every frame's time")
+        self.last_pts = pts
         frame.pts = pts
         self.container.mux(self.stream.encode(frame))
         self.frames += 1

@@ -251,3 +251,37 @@ def test_interrupt_anywhere_leaves_a_partial_file_that_decodes_cleanly(harmonize
         assert all(a < b for a, b in zip(pts, pts[1:], strict=False))
         error.partial.unlink()
     assert interrupted >= len(one_write)
+
+
+# the containers docs/CLI.md names, each with an encoder it holds (WebM: VP9 only, so a clip without AAC sound)
+CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9", ".avi": "libx264"}
+
+
+@pytest.mark.parametrize("suffix", sorted(CONTAINERS))
+def test_every_named_container_keeps_the_frame_rate_and_frames(harmonizer, tmp_path, suffix):
+    """Rate, frame count and spacing survive in each container; an AVI (one rate, no timestamps) indexes one
+    entry per frame at the clip's rate, not 1/time base."""
+    rate = Fraction(30000, 1001)
+    video, mask, _, _ = make_clip(tmp_path, rate=rate, count=12, audio=suffix != ".webm")
+    out = tmp_path / f"out{suffix}"
+    harmonizer.harmonize_video(out, video, mask, codec=CONTAINERS[suffix], curves_every=4)
+    import av
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        times = [frame.time for frame in container.decode(stream)]
+        assert stream.average_rate == rate
+        if suffix == ".avi":
+            assert stream.frames == 12  # index entries
+    assert decode_with_errors(out)[1] == [] and len(times) == 12
+    steps = np.diff(times)
+    np.testing.assert_allclose(steps, float(1 / rate), atol=1e-3)  # matroska's clock counts milliseconds
+
+
+def test_a_variable_rate_clip_is_refused_by_a_constant_rate_container(harmonizer, tmp_path):
+    times = [0, 40, 80, 150, 190, 260, 300, 333, 400, 480, 520, 600]
+    video, mask, _, _ = make_clip(tmp_path, count=len(times), video_options={"times_ms": times})
+    out = tmp_path / "vfr.avi"
+    with pytest.raises(VideoError, match=r"output: a \.avi file holds one frame rate .* write \.mp4, \.mkv or \.mov"):
+        harmonizer.harmonize_video(out, video, mask)
+    assert list(tmp_path.glob("vfr*")) == []
