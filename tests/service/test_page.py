@@ -9,6 +9,7 @@ S2CRNET_PAGE_SCREENSHOT=docs/page.png also writes the README's screenshot (of a 
 """
 
 import base64
+import json
 import os
 import shutil
 import time
@@ -26,7 +27,9 @@ CHROMEDRIVER = os.environ.get("S2CRNET_CHROMEDRIVER", "/usr/bin/chromedriver")
 KEY = "page-test-key"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,1100", "--force-device-scale-factor=1"]
+         "--window-size=1280,1100", "--force-device-scale-factor=1",
+         # no network but the server's: every other host name fails to resolve, as on an offline machine
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 RUN_TIMEOUT_S = 120  # one run on a busy 2-core machine: two requests, decode, render
 
 
@@ -51,6 +54,7 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -77,7 +81,7 @@ def _until(driver, condition, what: str, timeout: float = RUN_TIMEOUT_S):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
     except Exception:
-        error = driver.find_element("id", "error").text
+        error = [e.text for e in driver.find_elements("id", "error")]  # the page's error line, where there is one
         pytest.fail(f"the page did not get to: {what}; its error line: {error!r}")
 
 
@@ -108,6 +112,12 @@ def _server_render(url: str, files: dict, fields: dict) -> np.ndarray:
                           headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
     assert response.status_code == 200, response.text
     return np.asarray(decode(response.content).convert("RGB")).astype(int)
+
+
+def _requested_urls(driver) -> list[str]:
+    """The URLs the browser asked for since the last call (DevTools' Network.requestWillBeSent events)."""
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
 
 
 def _write(tmp_path: Path, name: str, image: Image.Image, fmt: str, **params) -> Path:
@@ -294,3 +304,20 @@ def test_a_screenshot_of_a_generated_scene(page, tmp_path):
         shot.convert("RGB").resize((shot.width // 2, shot.height // 2), Image.Resampling.LANCZOS).quantize(
             128).save(buffer, "PNG", optimize=True)
         Path(target).write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize(("path", "operation"), [
+    ("/docs", "#operations-default-harmonize_harmonize_post"),
+    ("/redoc", "[data-section-id='operation/harmonize_harmonize_post']"),
+])
+def test_the_api_docs_render_their_operations_with_no_network(browser, page_server, path, operation):
+    """Swagger UI and ReDoc come from the server itself: with every other host unreachable they draw the
+    operations, and not one request goes elsewhere (favicon and fonts included)."""
+    _requested_urls(browser)  # forget what earlier tests asked for
+    browser.get(page_server.url + path)
+    _until(browser, lambda d: d.execute_script(f"return document.querySelector({operation!r}) !== null"),
+           f"{path} showing POST /harmonize", 60)
+    text = browser.find_element("tag name", "body").text
+    assert "/harmonize" in text and "/curves" in text
+    urls = _requested_urls(browser)
+    assert urls and all(url.startswith(page_server.url) or url.startswith(("data:", "blob:")) for url in urls), urls
