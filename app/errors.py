@@ -23,12 +23,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "an API key is set and the request lacks `Authorization: Bearer <key>`"),
     "not_found": (404, "no such path"),
     "method_not_allowed": (405, "wrong HTTP method for the path"),
-    "not_acceptable": (406, "the `Accept` header allows none of image/jpeg, image/png, image/webp (or not `format`)"),
+    "not_acceptable": (406, "the `Accept` header allows none of image/jpeg, image/png, image/webp, image/avif (or "
+                       "not `format`)"),
     "header_timeout": (408, "the request line and headers took longer than `header_timeout_s`"),
     "upload_timeout": (408, "the upload took longer than `request_timeout_s`"),
     "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
     "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),
-    "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF"),
+    "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF, AVIF"),
     "missing_field": (422, "a required form part is missing (`composite` + `mask`, or `foreground` + `background`)"),
     "invalid_field": (422, "a form field has a bad value (`format`, `quality`, `strength`, `output`, a file sent as "
                       "text, a form field sent in the query string, ...)"),

@@ -15,8 +15,8 @@ from model.layers import LayerError, parse_box
 from .errors import ApiError
 
 __all__ = ["InputForm", "layer_api_error", "read_form",
-           "BoxField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile", "OutputField",
-           "ScaleField", "StrengthField", "XField", "YField"]
+           "BoxField", "CurvesFormatField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile",
+           "ImageFormatField", "OutputField", "ScaleField", "StrengthField", "XField", "YField"]
 
 OptionalFile = UploadFile | None
 ForegroundFile = Annotated[OptionalFile, File(description="layer input: the object to place, RGBA (alpha = its "
@@ -38,6 +38,12 @@ StrengthField = Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False, de
                                              "curves' change to apply, 0-1 (default: the weights' own)")]
 OutputField = Annotated[Literal["image", "layer"], Form(description="image: the flattened result; layer: the "
                                                                     "harmonized foreground as RGBA (layer input)")]
+# Formats as strings, checked by app.imaging.format_name: any case, and aliases (jpg); the schema lists our names.
+ImageFormatField = Annotated[str | None, Form(description="jpeg (or jpg), png, webp or avif, in any case "
+                                                          "(default: the composite's own, else jpeg)",
+                                              json_schema_extra={"enum": ["jpeg", "png", "webp", "avif"]})]
+CurvesFormatField = Annotated[str, Form(description="json or cube, in any case",
+                                        json_schema_extra={"enum": ["json", "cube"]})]
 
 _PLACEMENT = ("x", "y", "scale", "box", "feather")
 

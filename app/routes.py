@@ -6,7 +6,7 @@ never does. create_app (app/main.py) includes both.
 
 import time
 from contextlib import AsyncExitStack
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -31,7 +31,8 @@ async def _service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(_service)]
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 415, 422, 503, 504)}
 # composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
-CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
+CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF, "
+                                                              "HEIC/HEIF, AVIF)")]
 MaskFile = Annotated[UploadFile | None, File(description="mask of the same size; value/255 = foreground weight")]
 CategoryField = Annotated[str | None, Form(description="a category the model knows (GET /info)")]
 MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, in 8-bit levels
@@ -68,7 +69,7 @@ ops = APIRouter()
 
 
 @api.post("/harmonize", response_class=Response,
-          responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
+          responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}},
                            "description": "the harmonized image, the composite's (or background's) size; "
                                           "output=layer: the harmonized foreground, RGBA, its own size"}})
 async def harmonize(request: Request, service: ServiceDep, composite: CompositeFile = None, mask: MaskFile = None,
@@ -76,7 +77,7 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
                     background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
                     scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
                     strength: forms.StrengthField = None, output: forms.OutputField = "image",
-                    format: Annotated[Literal["jpeg", "png", "webp"] | None, Form()] = None,
+                    format: forms.ImageFormatField = None,
                     quality: Annotated[int | None, Form(ge=1, le=100)] = None,
                     category: CategoryField = None) -> Response:
     """Harmonize a composite (or a foreground placed on a background): answers the image with its masked
@@ -84,6 +85,7 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
     start = time.perf_counter()
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
+    format = imaging.format_name(format, imaging.OUTPUT_FORMATS)
     if output == "layer" and not form.layer:
         raise ApiError(422, "invalid_field", "output: layer needs the layer form (foreground + background)")
     if output == "layer" and format == "jpeg":
@@ -114,13 +116,14 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
                  background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
                  scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
                  strength: forms.StrengthField = None,
-                 format: Annotated[Literal["json", "cube"], Form()] = "json",
+                 format: forms.CurvesFormatField = "json",
                  category: CategoryField = None) -> Response:
     """The per-channel curves the model predicts (at the request's strength): 256-entry tables (0-255) and the
     mismatch score as JSON, or a .cube LUT."""
     start = time.perf_counter()
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
+    format = imaging.format_name(format, ("json", "cube"))
     category = check_category(service, category)
     timings: dict[str, float] = {}
 

@@ -3,8 +3,15 @@ the input and what was expected otherwise. Sample formats (16-bit, float) follow
 
 import numpy as np
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
 from .modes import composite_rgb, eight_bit
+
+# HEIC/HEIF (phones' default) opens with Image.open once `model` is imported: the service, the CLI and Python
+# callers alike. libheif applies the file's rotation and mirroring (and resets EXIF's orientation to 1, so it is
+# not applied twice) and hands over 10- and 12-bit images as 8-bit; the ICC profile and EXIF are in `info`.
+# AVIF is Pillow's own.
+register_heif_opener()
 
 __all__ = ["check_mask", "image_to_pil", "mask_to_pil", "open_upright", "to_pil_pair"]
 

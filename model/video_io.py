@@ -40,7 +40,7 @@ __all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "
 
 log = logging.getLogger(__name__)
 MASK_NOISE = 8  # levels: what an 8-bit 4:2:0 encode of a black/white matte typically wanders by
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"}
 MAX_CRF = 63  # the widest constant-rate-factor scale of PyAV's encoders (VP9's; x264's ends at 51)
 HD_LINES = 720  # from here up an untagged video is BT.709 to players, below it BT.601
 BT709, BT601 = (1,), (5, 6)  # FFmpeg's AVColorSpace codes of each matrix (BT.601: BT470BG, SMPTE170M)

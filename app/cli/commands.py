@@ -26,7 +26,7 @@ from .files import (
     output_format,
     save_image,
 )
-from .folder import FolderRun, Report, Summary, pair_folder, shown_path
+from .folder import FolderRun, Report, Summary, ignored_files, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,8 @@ def _harmonize_folder(args: argparse.Namespace) -> int:
     summary = Summary(unpaired=unpaired)
     for path, reason in unpaired:
         sys.stderr.write(f"s2crnet: unpaired {shown_path(path, base)}: {reason}\n")
+    for path, reason in ignored_files(composites, Path(args.masks), out_dir, args.recursive):
+        sys.stderr.write(f"s2crnet: ignored {shown_path(path, base)}: {reason}\n")
     if not jobs and not unpaired:
         raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(composites)!r}")
     return _run_jobs(args, jobs, summary, base, load_job, unpaired=unpaired)

@@ -1,10 +1,11 @@
-"""What a request says is what it gets (issue 19, items 5, 6, 7, 10): alpha kept when the format cannot hold
-it, bodies that are not forms, form fields in the query, the Accept header, HEAD on health endpoints."""
+"""What a request says is what it gets (issue 19, items 5, 6, 7, 10; issue 30, items 5, 7): alpha kept when the
+format cannot hold it, bodies that are not forms, form fields in the query, the Accept header, HEAD on health
+endpoints, phone photos (HEIC, AVIF), format names in any case."""
 
 import httpx
 import numpy as np
 import pytest
-from helpers import decode, encode, post_image, real_pair
+from helpers import decode, display_p3_icc, encode, exif_bytes, heif_bytes, post_image, real_pair
 from PIL import Image
 
 
@@ -88,3 +89,44 @@ def test_accept_is_honoured(server, pair, accept, fields, status, media_type):
 def test_head_on_health_endpoints(server, path):
     response = httpx.head(server.url + path, timeout=10)
     assert response.status_code == 200 and response.content == b""
+
+
+def test_a_heic_with_orientation_6_and_p3_harmonizes_upright_with_the_profile(server):
+    """The bar of issue 30: a phone's HEIC, stored sideways with orientation 6 and tagged Display P3, answers
+    the same picture as its upright decode sent as PNG, upright, as JPEG with the P3 profile."""
+    upright, mask = real_pair(120, 160, 2)
+    p3 = display_p3_icc()
+    heic = heif_bytes(upright.transpose(Image.Transpose.ROTATE_90), exif=exif_bytes(6), icc_profile=p3, quality=95)
+    response = post_image(server.url, heic, encode(mask, "PNG"), names=("IMG_0001.HEIC", "mask.png"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    served = decode(response.content)
+    assert served.size == upright.size and served.info.get("icc_profile") == p3
+    decoded_here = decode(heic).convert("RGB")  # libheif turns it upright
+    plain = post_image(server.url, encode(decoded_here, "PNG"), encode(mask, "PNG"), fields={"format": "jpeg"})
+    difference = np.abs(np.asarray(served, int) - np.asarray(decode(plain.content).convert("RGB"), int)).mean()
+    assert difference < 1.5, difference  # the same harmonization of the same upright pixels (JPEG noise only)
+
+
+@pytest.mark.parametrize(("written", "media_type"), [("jpg", "image/jpeg"), ("JPG", "image/jpeg"),
+                                                     ("PNG", "image/png"), ("avif", "image/avif")])
+def test_format_names_in_any_case_and_avif_output(server, pair, written, media_type):
+    composite, mask = pair
+    response = post_image(server.url, encode(composite, "JPEG"), encode(mask, "PNG"), fields={"format": written})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+    assert decode(response.content).size == composite.size
+
+
+def test_an_avif_composite_answers_avif(server, pair):
+    composite, mask = pair
+    response = post_image(server.url, encode(composite, "AVIF", quality=90), encode(mask, "PNG"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/avif"
+
+
+def test_an_unknown_format_is_a_422_naming_ours(server, pair):
+    composite, mask = pair
+    response = post_image(server.url, encode(composite, "JPEG"), encode(mask, "PNG"), fields={"format": "gif"})
+    assert response.status_code == 422 and response.json()["code"] == "invalid_field"
+    assert "jpeg (jpg), png, webp, avif" in response.json()["detail"]
