@@ -1,6 +1,6 @@
 """The one ASGI middleware: request ids, request metrics and access lines, and the gate in front of the work endpoints.
 
-Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize and /curves it
+Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize, /curves and /preview it
 answers at once, before a byte of the body is read: 401 without the bearer token, 503 while draining,
 503 + Retry-After when `max_queue` requests are already in flight, 413 for a declared Content-Length over the
 limit; then it counts body bytes as they arrive (chunked uploads too) and stops the upload with 413 past the
@@ -34,7 +34,7 @@ __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 
 log = logging.getLogger(__name__)
 
-WORK_PATHS = ("/harmonize", "/curves")
+WORK_PATHS = ("/harmonize", "/curves", "/preview")
 FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

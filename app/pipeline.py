@@ -24,7 +24,7 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prediction", "predict", "render_and_encode", "with_deadline"]
+__all__ = ["Prediction", "predict", "preview", "render_and_encode", "with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,16 @@ async def render_and_encode(service: Service, timings: dict, prediction: Predict
     with service.stage(timings, "encode"):
         return await service.run_blocking(imaging.encode, out, fmt, quality or settings.default_quality,
                                           settings.png_compress_level, prediction.decoded.icc_profile)
+
+
+async def preview(service: Service, part: UploadFile) -> bytes:
+    """An image decoded as every request decodes it (limits, EXIF orientation, 8-bit RGB or RGBA) → PNG, for
+    a client that cannot decode a TIFF or HEIC itself (the page shows it and paints the mask on it)."""
+    async with AsyncExitStack() as stack:
+        (decoded,) = await _decode_parts(service, [(part, "image", True)], stack)
+        body, _ = await service.run_blocking(imaging.encode, decoded.image, "png", service.settings.default_quality,
+                                             service.settings.png_compress_level, None)
+        return bytes(body)
 
 
 def _raise_first(outcomes: list) -> None:

@@ -17,7 +17,7 @@ import model
 from . import forms, imaging
 from .errors import ApiError, ErrorBody, error_response
 from .forms import read_form
-from .pipeline import predict, render_and_encode, with_deadline
+from .pipeline import predict, preview, render_and_encode, with_deadline
 from .service import Service
 
 __all__ = ["api", "ops", "ServiceDep", "MISMATCH_HEADER"]
@@ -145,6 +145,19 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
     return JSONResponse({**result.to_dict(), "mismatch": mismatch, "strength": result.strength,
                          "model": service.model_name, "category": category or "unknown",
                          "timings_ms": timings_ms}, headers=headers)
+
+
+@api.post("/preview", response_class=Response,
+          responses={200: {"content": {"image/png": {}}, "description": "the image as the service decodes it"}})
+async def preview_image(request: Request, service: ServiceDep,
+                        image: Annotated[UploadFile | None, File(description="any image /harmonize takes")] = None
+                        ) -> Response:
+    """The image as /harmonize decodes it (EXIF orientation applied, 8-bit RGB or RGBA) as PNG: for clients
+    that cannot decode TIFF or HEIC themselves, such as the page in a browser."""
+    if image is None:
+        raise ApiError(422, "missing_field", "image: missing; send the file part image")
+    body = await with_deadline(service, request, preview(service, image))
+    return Response(body, media_type="image/png")
 
 
 # HEAD too: load balancers and `curl -I` probe with it (uvicorn sends the headers, not the body).

@@ -130,3 +130,14 @@ def test_an_unknown_format_is_a_422_naming_ours(server, pair):
     response = post_image(server.url, encode(composite, "JPEG"), encode(mask, "PNG"), fields={"format": "gif"})
     assert response.status_code == 422 and response.json()["code"] == "invalid_field"
     assert "jpeg (jpg), png, webp, avif" in response.json()["detail"]
+
+
+def test_preview_answers_the_upright_decode_as_png(server):
+    upright, _ = real_pair(120, 160, 1)
+    heic = heif_bytes(upright.transpose(Image.Transpose.ROTATE_90), exif=exif_bytes(6), quality=95)
+    response = httpx.post(server.url + "/preview", files={"image": ("IMG.HEIC", heic)}, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    shown = decode(response.content)
+    assert shown.size == upright.size and np.abs(np.asarray(shown, int) - np.asarray(upright, int)).mean() < 4
+    missing = httpx.post(server.url + "/preview", files={"other": ("x.png", encode(upright, "PNG"))}, timeout=60)
+    assert missing.status_code == 422 and missing.json()["code"] == "missing_field"
