@@ -8,13 +8,13 @@ half-sent form, is a 422 naming the parts, so a client never gets a result it di
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import File, Form, UploadFile
+from fastapi import File, Form, Request, UploadFile
 
 from model.layers import LayerError, parse_box
 
 from .errors import ApiError
 
-__all__ = ["InputForm", "layer_api_error", "read_form",
+__all__ = ["InputForm", "check_body", "layer_api_error", "read_form",
            "BoxField", "CurvesFormatField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile",
            "ImageFormatField", "OutputField", "ScaleField", "StrengthField", "XField", "YField"]
 
@@ -102,6 +102,27 @@ def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground:
         raise layer_api_error(e) from None
     return InputForm(True, foreground=foreground, foreground_mask=foreground_mask, background=background, at=at,
                      scale=scale, box=parsed_box, feather=feather or 0.0)
+
+
+async def check_body(request: Request) -> None:
+    """What FastAPI's form parsing lets through: a multipart body cut off before its closing boundary (a client
+    or proxy that stopped mid-file) is a 400, not a form with parts missing; a part sent twice is a 422, not one
+    of the two chosen silently."""
+    content_type = request.headers.get("content-type", "")
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != "multipart/form-data":
+        return
+    boundary = next((value.strip().strip('"') for name, _, value in (p.partition("=") for p in params.split(";"))
+                     if name.strip().lower() == "boundary"), "")
+    tail = request.scope.get("state", {}).get("body_tail")
+    if boundary and tail is not None and f"--{boundary}--".encode("latin-1") not in tail:
+        raise ApiError(400, "bad_request", "the multipart body ends before its closing boundary: the upload was "
+                       "cut off (send the whole body; curl -F does)")
+    names = [name for name, _ in (await request.form()).multi_items()]  # parsed already: FastAPI's cached form
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ApiError(422, "invalid_field", f"{', '.join(repeated)}: sent {names.count(repeated[0])} times; "
+                       "send each part once")
 
 
 def layer_api_error(error: LayerError) -> ApiError:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WORK_PATHS = ("/harmonize", "/curves", "/preview")
 FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
+BODY_TAIL_BYTES = 1024  # the end of a work request's body, kept for app.forms: a multipart body must close there
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -103,9 +104,10 @@ class ServiceMiddleware:
             upload_deadline = time.monotonic() + upload_timeout
             received = 0
             body_done = False
+            tail = b""
 
             async def receive_with_limit() -> Message:
-                nonlocal received, body_done
+                nonlocal received, body_done, tail
                 if body_done:  # later receives only wait for a disconnect: no deadline on those
                     return await receive()
                 try:
@@ -115,8 +117,12 @@ class ServiceMiddleware:
                     raise ApiError(408, "upload_timeout", f"the upload took longer than {upload_timeout} s",
                                    {"Connection": "close"}) from None
                 if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
+                    chunk = message.get("body", b"")
+                    received += len(chunk)
+                    tail = (tail + chunk)[-BODY_TAIL_BYTES:]
                     body_done = not message.get("more_body", False)
+                    if body_done:
+                        scope["state"]["body_tail"] = tail
                     if received > limit:
                         raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
                                        {"Connection": "close"})

@@ -83,6 +83,7 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
     """Harmonize a composite (or a foreground placed on a background): answers the image with its masked
     object recoloured, or with output=layer the harmonized foreground as RGBA."""
     start = time.perf_counter()
+    await forms.check_body(request)
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
     format = imaging.format_name(format, imaging.OUTPUT_FORMATS)
@@ -121,6 +122,7 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
     """The per-channel curves the model predicts (at the request's strength): 256-entry tables (0-255) and the
     mismatch score as JSON, or a .cube LUT."""
     start = time.perf_counter()
+    await forms.check_body(request)
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
     format = imaging.format_name(format, ("json", "cube"))
@@ -154,6 +156,7 @@ async def preview_image(request: Request, service: ServiceDep,
                         ) -> Response:
     """The image as /harmonize decodes it (EXIF orientation applied, 8-bit RGB or RGBA) as PNG: for clients
     that cannot decode TIFF or HEIC themselves, such as the page in a browser."""
+    await forms.check_body(request)
     if image is None:
         raise ApiError(422, "missing_field", "image: missing; send the file part image")
     body = await with_deadline(service, request, preview(service, image))

@@ -26,7 +26,7 @@ from .files import (
     output_format,
     save_image,
 )
-from .folder import FolderRun, Report, Summary, ignored_files, pair_folder, shown_path
+from .folder import FolderRun, Report, Summary, ignored_files, needs_extra, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def delegate(module_name: str, prog: str, argv: list[str]) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise CliError(f"'{prog}' is not available in this installation ({e})") from e
+        raise CliError(f"'{prog}' {needs_extra(e) or f'is not available in this installation ({e})'}") from e
     parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().split("\n")[0])
     module.add_arguments(parser)
     parse = getattr(module, "parse_arguments", None)  # train's: --recipe supplies defaults before parsing

