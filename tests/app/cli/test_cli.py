@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -405,13 +406,17 @@ def test_readme_python_example_runs(tmp_path):
                             timeout=120)
 
     assert result.returncode == 0, result.stderr
-    written = sorted(p.name for p in workdir.iterdir() if p.name != "example.py")
-    assert written, "the example should write its results"
-    for path in workdir.iterdir():
-        if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
-            assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
-    layers = [Image.open(path) for path in workdir.glob("layer_*.png")]
-    assert all(layer.mode == "RGBA" for layer in layers)
+    assert [p.name for p in workdir.iterdir()] == ["example.py"]  # nothing written where it runs
+    out = Path(re.search(r"^results in (.+)$", result.stdout, re.M).group(1))
+    try:
+        written = sorted(p.name for p in out.iterdir())
+        assert len(written) == 7, written
+        for path in out.iterdir():
+            if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
+                assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
+        assert all(Image.open(path).mode == "RGBA" for path in out.glob("layer_*.png"))
+    finally:
+        shutil.rmtree(out)
 
 
 @pytest.mark.parametrize("path", ["README.md", "docs/CLI.md"])
