@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request, UploadFile
 
 from model import Curves
-from model.inputs import check_mask, mask_to_pil
+from model.inputs import check_mask, check_not_swapped, mask_to_pil
 from model.layers import Layered, LayerError, compose, cut_layer
 from model.thumbnails import reduced_scale, thumbnail_array
 
@@ -122,6 +122,7 @@ def _thumbnails_from_reduced(service: Service, opened, reduced: imaging.Reduced,
     small for the first (whole-image) scale is decoded again, finer (model/thumbnails.py's reduced_scale)."""
     _check_sizes(reduced.size, mask.image.size)
     try:
+        check_not_swapped(reduced.image, mask.image)
         mask_image = mask_to_pil(mask.image)
         check_mask(reduced.size, mask_image)
     except ValueError as e:  # the model's sentence: empty mask, mask without background

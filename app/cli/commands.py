@@ -222,11 +222,36 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     meta = info.pop("meta") or {}
     rows = [(key, ", ".join(value) if isinstance(value, list) else value) for key, value in info.items()]
-    rows += [(f"meta.{key}", json.dumps(value) if isinstance(value, dict | list) else value)
-             for key, value in meta.items()]
+    shown = {key: _readable(value) for key, value in meta.items()}
+    rows += [(f"meta.{key}", text) for key, text in shown.items() if text is not None]
     width = max(len(key) for key, _ in rows)
     sys.stdout.write("".join(f"{key:<{width}}  {value}\n" for key, value in rows))
+    left_out = [f"meta.{key}" for key, text in shown.items() if text is None]
+    if left_out:
+        sys.stdout.write(f"({', '.join(left_out)}: s2crnet info --json)\n")
     return 0
+
+
+INFO_WIDTH = 200  # longer meta values (the training command, its arguments) are left to `info --json`
+
+
+def _readable(value) -> str | None:
+    """One meta value as a person reads it: numbers to 4 significant digits, a flat table as `key value, ...`;
+    None when it is too long or nested for a line."""
+    def scalar(v) -> str | None:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v) if isinstance(v, int | str | bool) or v is None else None
+
+    if isinstance(value, dict):
+        parts = [f"{k} {scalar(v)}" for k, v in value.items()]
+        text = None if any(scalar(v) is None for v in value.values()) else ", ".join(parts)
+    elif isinstance(value, list):
+        items = [scalar(v) for v in value]
+        text = None if None in items else ", ".join(items)
+    else:
+        text = scalar(value)
+    return text if text is not None and len(text) <= INFO_WIDTH else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -180,3 +180,11 @@ def test_a_part_sent_twice_is_refused(server, pair):
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "invalid_field"
     assert response.json()["detail"].startswith("composite: sent 2 times")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])  # a large JPEG takes the reduced-decode path, a PNG the other
+def test_a_mask_sent_as_the_composite_is_refused(server, fmt):
+    photo, mask = real_pair(1024, 768, 1)
+    response = post_image(server.url, encode(mask.convert("RGB"), fmt), encode(photo, "JPEG"))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_mask" and "were the two swapped" in response.json()["detail"]

@@ -203,6 +203,18 @@ def test_info_prints_the_model_card(weights):
     assert re.search(rf"^parameters\s+{parameters}$", text.stdout, re.M)
 
 
+def test_info_of_the_shipped_weights_reads_as_a_summary():
+    """What a user needs, a line each: no blob of training arguments (that is `--json`'s), numbers rounded."""
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 240 for line in lines), max(lines, key=len)
+    assert not any(line.startswith("meta.train_args") for line in lines)
+    assert lines[-1] == "(meta.train_args: s2crnet info --json)"
+    validation = next(line for line in lines if line.startswith("meta.validation"))
+    assert re.search(r"\bmse \d+(\.\d)?,", validation) and "{" not in validation
+
+
 def test_info_json_defaults_to_the_shipped_weights():
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr
@@ -660,3 +672,13 @@ def test_a_missing_extra_is_named_with_its_pip_install(tmp_path, package, comman
     result = subprocess.run([sys.executable, "-c", blocked, *args], cwd=REPO, capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
     assert_one_error_line(result, f"'s2crnet {command[0]}' needs the `{extra}` extra: pip install 's2crnet[{extra}]'")
+
+
+def test_swapped_arguments_are_one_clear_error(tmp_path, weights):
+    photo, mask = real_pair(320, 240, 1)
+    photo.save(tmp_path / "photo.jpg")
+    mask.save(tmp_path / "mask.png")
+    result = run_cli("harmonize", tmp_path / "mask.png", tmp_path / "photo.jpg", "-o", tmp_path / "out.jpg",
+                     "--weights", weights)
+    assert_one_error_line(result, "were the two swapped?")
+    assert not (tmp_path / "out.jpg").exists()
