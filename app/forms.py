@@ -13,8 +13,9 @@ from fastapi import File, Form, Request, UploadFile
 from model.layers import LayerError, parse_box
 
 from .errors import ApiError
+from .imaging import OUTPUT_FORMATS
 
-__all__ = ["InputForm", "check_body", "layer_api_error", "read_form",
+__all__ = ["CURVES_FORMATS", "InputForm", "check_body", "layer_api_error", "read_form",
            "BoxField", "CurvesFormatField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile",
            "ImageFormatField", "OutputField", "ScaleField", "StrengthField", "XField", "YField"]
 
@@ -39,11 +40,12 @@ StrengthField = Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False, de
 OutputField = Annotated[Literal["image", "layer"], Form(description="image: the flattened result; layer: the "
                                                                     "harmonized foreground as RGBA (layer input)")]
 # Formats as strings, checked by app.imaging.format_name: any case, and aliases (jpg); the schema lists our names.
+CURVES_FORMATS = ("json", "cube")
 ImageFormatField = Annotated[str | None, Form(description="jpeg (or jpg), png, webp or avif, in any case "
                                                           "(default: the composite's own, else jpeg)",
-                                              json_schema_extra={"enum": ["jpeg", "png", "webp", "avif"]})]
+                                              json_schema_extra={"enum": list(OUTPUT_FORMATS)})]
 CurvesFormatField = Annotated[str, Form(description="json or cube, in any case",
-                                        json_schema_extra={"enum": ["json", "cube"]})]
+                                        json_schema_extra={"enum": list(CURVES_FORMATS)})]
 
 _PLACEMENT = ("x", "y", "scale", "box", "feather")
 

@@ -125,7 +125,7 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
     await forms.check_body(request)
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
-    format = imaging.format_name(format, ("json", "cube"))
+    format = imaging.format_name(format, forms.CURVES_FORMATS)
     category = check_category(service, category)
     timings: dict[str, float] = {}
 
