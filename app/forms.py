@@ -3,6 +3,8 @@
 Either `composite` + `mask` (a finished composite), or `foreground` (+ `foreground_mask`) + `background` with
 the placement fields `x`, `y`, `scale`, `box`, `feather` (model.layers composes them). Mixing the two, or a
 half-sent form, is a 422 naming the parts, so a client never gets a result it did not ask for.
+`mask` may be the text `auto` instead of a file: the object is found (app/masking.py), inside `box` when one is
+sent — with a composite, `box` says where the object is; with layer input, where to fit the foreground.
 """
 
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from model.layers import LayerError, parse_box
 
 from .errors import ApiError
 from .imaging import OUTPUT_FORMATS
+from .masking import AUTO, parse_box_field
 
 __all__ = ["CURVES_FORMATS", "InputForm", "check_body", "layer_api_error", "read_form",
            "BoxField", "CurvesFormatField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile",
@@ -31,8 +34,9 @@ XField = Annotated[int | None, Form(description="layer input: the foreground's l
 YField = Annotated[int | None, Form(description="layer input: the foreground's top edge (default 0)")]
 ScaleField = Annotated[float | None, Form(description="layer input: resample the foreground by this factor "
                                                       "(default 1; > 0)")]
-BoxField = Annotated[str | None, Form(description="layer input: x0,y0,x1,y1 to fit the foreground into, aspect "
-                                                  "kept, centred (instead of x, y, scale)")]
+BoxField = Annotated[str | None, Form(description="x0,y0,x1,y1. Layer input: the box to fit the foreground into, "
+                                                  "aspect kept, centred (instead of x, y, scale). With mask=auto: "
+                                                  "where the object is, in composite pixels")]
 FeatherField = Annotated[float | None, Form(description="layer input: pixels of Gaussian softening of the "
                                                         "matte's edge, inwards (default 0)")]
 StrengthField = Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False, description="share of the "
@@ -62,17 +66,23 @@ class InputForm:
     background: UploadFile | None = None
     at: tuple[int, int] | None = None
     scale: float | None = None
-    box: tuple[int, int, int, int] | None = None
+    box: tuple[int, int, int, int] | None = None  # layer input: where to fit the foreground
     feather: float = 0.0
+    auto_mask: bool = False  # composite with mask=auto: the object is found, inside object_box when given
+    object_box: tuple[int, int, int, int] | None = None
 
 
-def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground: UploadFile | None,
+def read_form(composite: UploadFile | None, mask: UploadFile | str | None, foreground: UploadFile | None,
               foreground_mask: UploadFile | None, background: UploadFile | None, x: int | None, y: int | None,
               scale: float | None, box: str | None, feather: float | None,
               content_type: str = "multipart/form-data") -> InputForm:
     """The request's form, or a 422: missing_field for a half-sent form, mixed_inputs for both at once; a 400
     bad_request when nothing was found because the body is not a form at all (JSON, text, a raw image, ...)."""
-    placement = {"x": x, "y": y, "scale": scale, "box": box, "feather": feather}
+    auto_mask = isinstance(mask, str)
+    if auto_mask and mask.strip().lower() != AUTO:
+        raise ApiError(422, "invalid_field", f"mask: send an image file, or the text {AUTO} to find the object; "
+                       f"got the text {mask[:40]!r}")
+    placement = {"x": x, "y": y, "scale": scale, "box": None if auto_mask else box, "feather": feather}
     layer_parts = [name for name, part in (("foreground", foreground), ("foreground_mask", foreground_mask),
                                            ("background", background)) if part is not None]
     layer_parts += [name for name in _PLACEMENT if placement[name] is not None]
@@ -90,6 +100,8 @@ def read_form(composite: UploadFile | None, mask: UploadFile | None, foreground:
             alternative = " (or foreground + background)" if len(missing) == 2 else ""
             raise ApiError(422, "missing_field", f"{', '.join(missing)}: missing; send the file parts composite "
                            f"and mask{alternative}")
+        if auto_mask:
+            return InputForm(False, composite=composite, auto_mask=True, object_box=parse_box_field(box))
         return InputForm(False, composite=composite, mask=mask)
     missing = [name for name in ("foreground", "background") if name not in layer_parts]
     if missing:

@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:  # outermost: preflights answered before the gate; the gate's 401/503 get headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"], max_age=600,
-                           expose_headers=["X-Request-ID", routes.MISMATCH_HEADER, "Server-Timing", "Retry-After"])
+                           expose_headers=["X-Request-ID", routes.MISMATCH_HEADER, routes.CUTOUT_HEADER,
+                                           "Server-Timing", "Retry-After"])
     auth = [Security(_bearer)] if settings.api_key is not None else []  # the schema tells the truth
     app.include_router(routes.api, dependencies=auth)
     app.include_router(routes.ops)
@@ -104,9 +105,11 @@ def run(settings: Settings) -> None:
     uvicorn until SIGTERM/SIGINT, drain and exit."""
     configure_logging(settings.log_level, settings.log_format)
     application = create_app(settings)
-    application.state.service.harmonizer = startup.load_harmonizer(settings.weights, settings.device,
-                                                                   runtime=settings.runtime,
-                                                                   threads=settings.torch_threads)
+    service = application.state.service
+    service.harmonizer = startup.load_harmonizer(settings.weights, settings.device, runtime=settings.runtime,
+                                                 threads=settings.torch_threads)
+    service.segmenter, service.segmenter_missing = startup.load_segmenter(settings.segmentation,
+                                                                          settings.segment_threads)
     # log_config=None: uvicorn's lines go through app.logs like ours (its access log is replaced by ours)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False,

@@ -17,13 +17,22 @@ import ctypes.util
 import logging
 from collections import deque
 
-__all__ = ["BYTES_PER_PIXEL", "PixelBudget", "tune_allocator", "trim"]
+__all__ = ["BYTES_PER_PIXEL", "SEGMENT_BYTES_PER_PIXEL", "PixelBudget", "segmentation_pixels", "tune_allocator",
+           "trim"]
 
 log = logging.getLogger(__name__)
 
 # What one in-flight pixel costs at most: Pillow keeps RGB and RGBA at 4 bytes a pixel, the mask 1, and the
 # encoded answer and upload buffers come on top (measured: docs/RELIABILITY.md). Budget bytes ≈ this × pixels.
 BYTES_PER_PIXEL = 6
+# A mask found by segmentation (model/segmentation.py) on top of its image: the mask at the image's size and the
+# network's map resized onto the box before it is placed, one byte a pixel each.
+SEGMENT_BYTES_PER_PIXEL = 2
+
+
+def segmentation_pixels(pixels: int) -> int:
+    """The budget (in pixels of BYTES_PER_PIXEL) that finding the mask of an image of `pixels` adds."""
+    return -(-pixels * SEGMENT_BYTES_PER_PIXEL // BYTES_PER_PIXEL)
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3

@@ -6,14 +6,17 @@ HTTP status code, `stage` one of STAGES.
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-__all__ = ["ENDPOINTS", "LATENCY_BUCKETS", "OVERLAPPED_STAGES", "STAGES", "Metrics"]
+__all__ = ["ENDPOINTS", "LATENCY_BUCKETS", "OVERLAPPED_STAGES", "SEGMENT_STAGES", "STAGES", "Metrics"]
 
 # compose: layer input only. critical: the work's own wall time, decode to encode, which overlapping stages fit in.
 STAGES = ("decode", "compose", "thumbnail", "queue", "infer", "render", "encode", "critical")
 # Only where a JPEG composite takes the reduced path (app/pipeline.py): decode is then the headers, the reduced
 # pass and the mask, and the full-size decode runs beside thumbnail, queue and infer.
 OVERLAPPED_STAGES = ("decode_full",)
-ENDPOINTS = ("/harmonize", "/curves", "/preview", "/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json")
+# Masks without painting only (mask=auto, POST /mask, a plain-photo foreground): U²-Netp on its own threads.
+SEGMENT_STAGES = ("segment",)
+ENDPOINTS = ("/harmonize", "/curves", "/mask", "/preview", "/healthz", "/readyz", "/metrics", "/info", "/docs",
+             "/openapi.json")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)  # 1 ms … 60 s
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -38,7 +41,8 @@ class Metrics:
         self.megapixels = Histogram("s2crnet_image_megapixels", "Size of decoded composites",
                                     buckets=MEGAPIXEL_BUCKETS, registry=r)
         self.model = Info("s2crnet_model", "The model being served", registry=r)
-        for stage in STAGES + OVERLAPPED_STAGES:  # export every series from the start, so dashboards never see gaps
+        # export every series from the start, so dashboards never see gaps
+        for stage in STAGES + OVERLAPPED_STAGES + SEGMENT_STAGES:
             self.stage_duration.labels(stage)
 
     @staticmethod

@@ -34,7 +34,7 @@ __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 
 log = logging.getLogger(__name__)
 
-WORK_PATHS = ("/harmonize", "/curves", "/preview")
+WORK_PATHS = ("/harmonize", "/curves", "/mask", "/preview")
 FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
 BODY_TAIL_BYTES = 1024  # the end of a work request's body, kept for app.forms: a multipart body must close there
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine

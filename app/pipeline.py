@@ -15,16 +15,17 @@ from fastapi import Request, UploadFile
 from model import Curves
 from model.inputs import check_mask, check_not_swapped, mask_to_pil
 from model.layers import Layered, LayerError, compose, cut_layer
+from model.segmentation import has_matte
 from model.thumbnails import reduced_scale, thumbnail_array
 
-from . import imaging, memory
+from . import imaging, masking, memory
 from .batcher import BatcherClosed, QueueFull
 from .errors import ApiError
 from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prediction", "predict", "preview", "render_and_encode", "with_deadline"]
+__all__ = ["Prediction", "find_mask", "predict", "preview", "render_and_encode", "with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,10 @@ async def _reserved(service: Service, pixels: int):
 
 
 async def _open_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
-                      stack: AsyncExitStack) -> list:
+                      stack: AsyncExitStack, segmented: int | None = None) -> list:
     """Read every (file, name, is_colour_image)'s header and reserve the memory their pixels will need (held
-    until `stack` closes). When several are bad, the first one's error, every time."""
+    until `stack` closes), and the found mask's when part `segmented` may be segmented. When several are bad,
+    the first one's error, every time."""
     max_pixels = service.settings.max_pixels
     opened = await asyncio.gather(*(service.run_blocking(imaging.open_image, part.file, name, max_pixels)
                                     for part, name, _ in parts), return_exceptions=True)
@@ -95,14 +97,15 @@ async def _open_parts(service: Service, parts: list[tuple[UploadFile, str, bool]
     # From the headers, before a pixel is decoded: the colour images together, or the largest part if more.
     sizes = [image.width * image.height for image in opened]
     colour = sum(size for size, (_, _, is_colour) in zip(sizes, parts, strict=True) if is_colour)
-    await stack.enter_async_context(_reserved(service, max(colour, *sizes)))
+    found = memory.segmentation_pixels(sizes[segmented]) if segmented is not None else 0
+    await stack.enter_async_context(_reserved(service, max(colour, *sizes) + found))
     return opened
 
 
 async def _decode_parts(service: Service, parts: list[tuple[UploadFile, str, bool]],
-                        stack: AsyncExitStack) -> list[imaging.Decoded]:
+                        stack: AsyncExitStack, segmented: int | None = None) -> list[imaging.Decoded]:
     """_open_parts, then decode them all at once (Pillow decodes without holding the GIL)."""
-    opened = await _open_parts(service, parts, stack)
+    opened = await _open_parts(service, parts, stack, segmented)
     decoded = await asyncio.gather(*(service.run_blocking(imaging.decode_opened, image, name, is_colour)
                                      for image, (_, name, is_colour) in zip(opened, parts, strict=True)),
                                    return_exceptions=True)
@@ -221,24 +224,61 @@ def _compose(service: Service, form: InputForm, foreground: imaging.Decoded, for
 
 
 async def _prepare_layer(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
-    """foreground (+ foreground_mask) + background + placement → (decoded background, mask, thumbnails, layered)."""
+    """foreground (+ foreground_mask) + background + placement → (decoded background, mask, thumbnails, layered,
+    whether the foreground was cut out). A foreground without a matte (no alpha, no foreground_mask) is a plain
+    photo: its subject is cut out first (app/masking.py)."""
     parts = [(form.foreground, "foreground", True), (form.background, "background", True)]
     if form.foreground_mask is not None:
         parts.append((form.foreground_mask, "foreground_mask", False))
     with service.stage(timings, "decode"):
-        foreground, background, *rest = await _decode_parts(service, parts, stack)
+        foreground, background, *rest = await _decode_parts(
+            service, parts, stack, segmented=0 if form.foreground_mask is None else None)
     width, height = background.image.size
     service.metrics.megapixels.observe(width * height / 1e6)
+    matte, cutout = rest[0] if rest else None, False
+    if matte is None and not await service.run_blocking(has_matte, foreground.image):
+        found = await masking.find_mask(service, timings, foreground.image, None, "foreground (a plain photo)")
+        matte, cutout = imaging.Decoded(found, None, None), True
     with service.stage(timings, "compose"):
-        layered = await service.run_blocking(_compose, service, form, foreground, rest[0] if rest else None,
-                                             background)
+        layered = await service.run_blocking(_compose, service, form, foreground, matte, background)
     del foreground, rest  # the scaled copy in `layered` is all that is needed from here on
     with service.stage(timings, "thumbnail"):
         background.image = layered.composite
         image, mask_image, thumbs = await service.run_blocking(_prepare, service, background,
                                                                imaging.Decoded(layered.mask, None, None))
     background.image = image
-    return background, mask_image, thumbs, layered
+    return background, mask_image, thumbs, layered, cutout
+
+
+async def _decode_and_find(service: Service, timings: dict, composite: UploadFile, box, stack: AsyncExitStack,
+                           what: str) -> tuple[imaging.Decoded, object]:
+    """Decode the composite (its reservation covers the found mask too) and find its object → (decoded, mask)."""
+    masking.check_available(service)  # before the upload is decoded
+    with service.stage(timings, "decode"):
+        (decoded,) = await _decode_parts(service, [(composite, "composite", True)], stack, segmented=0)
+    service.metrics.megapixels.observe(decoded.image.width * decoded.image.height / 1e6)
+    return decoded, await masking.find_mask(service, timings, decoded.image, box, what)
+
+
+async def _prepare_auto_mask(service: Service, timings: dict, form: InputForm, stack: AsyncExitStack):
+    """composite + mask=auto (+ box) → (decoded composite, the found mask, thumbnails)."""
+    decoded, found = await _decode_and_find(service, timings, form.composite, form.object_box, stack, "mask=auto")
+    with service.stage(timings, "thumbnail"):
+        image, mask_image, thumbs = await service.run_blocking(_prepare, service, decoded,
+                                                               imaging.Decoded(found, None, None))
+    decoded.image = image
+    return decoded, mask_image, thumbs
+
+
+async def find_mask(service: Service, timings: dict, composite: UploadFile, box, stack: AsyncExitStack) -> bytes:
+    """POST /mask: the composite → the found mask as PNG bytes, the composite's size (EXIF orientation applied)."""
+    decoded, found = await _decode_and_find(service, timings, composite, box, stack, "POST /mask")
+    del decoded  # the mask is all that is left to send
+    settings = service.settings
+    with service.stage(timings, "encode"):
+        body, _ = await service.run_blocking(imaging.encode, found, "png", settings.default_quality,
+                                             settings.png_compress_level, None)
+    return body
 
 
 @dataclass
@@ -249,6 +289,7 @@ class Prediction:
     mask: object  # PIL "L" image, the composite's size
     curves: Curves  # at the request's strength
     layered: Layered | None  # layer input only: where the foreground went, for output=layer
+    cutout: bool = False  # layer input only: the foreground was a plain photo, its subject cut out
 
 
 async def predict(service: Service, timings: dict, form: InputForm, category: str | None, strength: float | None,
@@ -256,10 +297,12 @@ async def predict(service: Service, timings: dict, form: InputForm, category: st
     """Headers → memory reservation (held until `stack` closes) → decode (and compose), thumbnail, batch →
     the curves at the request's strength."""
     service.preparing += 1
-    layered = None
+    layered, cutout = None, False
     try:
         if form.layer:
-            decoded, mask_image, thumbs, layered = await _prepare_layer(service, timings, form, stack)
+            decoded, mask_image, thumbs, layered, cutout = await _prepare_layer(service, timings, form, stack)
+        elif form.auto_mask:
+            decoded, mask_image, thumbs = await _prepare_auto_mask(service, timings, form, stack)
         else:
             decoded, mask_image, thumbs = await _prepare_composite(service, timings, form.composite, form.mask,
                                                                    stack)
@@ -280,7 +323,7 @@ async def predict(service: Service, timings: dict, form: InputForm, category: st
         decoded = await decoded
     timings["queue"], timings["infer"] = job.queue_s, job.infer_s
     service.metrics.stage_duration.labels("queue").observe(job.queue_s)
-    return Prediction(decoded, mask_image, curves.with_strength(strength), layered)
+    return Prediction(decoded, mask_image, curves.with_strength(strength), layered, cutout)
 
 
 async def render_and_encode(service: Service, timings: dict, prediction: Prediction, output: str, format: str | None,

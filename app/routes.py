@@ -1,6 +1,6 @@
 """The HTTP routes: read the form, run app.pipeline under the request deadline, shape the answer.
 
-`api` (/harmonize, /curves) sits behind the API key when one is set; `ops` (health, readiness, metrics, info)
+`api` (/harmonize, /curves, /mask) sits behind the API key when one is set; `ops` (health, readiness, metrics, info)
 never does. create_app (app/main.py) includes both.
 """
 
@@ -14,13 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import model
 
-from . import forms, imaging
+from . import forms, imaging, masking
 from .errors import ApiError, ErrorBody, error_response
 from .forms import read_form
-from .pipeline import predict, preview, render_and_encode, with_deadline
+from .pipeline import find_mask, predict, preview, render_and_encode, with_deadline
 from .service import Service
 
-__all__ = ["api", "ops", "ServiceDep", "MISMATCH_HEADER"]
+__all__ = ["api", "ops", "ServiceDep", "CUTOUT_HEADER", "MISMATCH_HEADER"]
 
 
 async def _service(request: Request) -> Service:
@@ -33,9 +33,12 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 4
 # composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
 CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF, "
                                                               "HEIC/HEIF, AVIF)")]
-MaskFile = Annotated[UploadFile | None, File(description="mask of the same size; value/255 = foreground weight")]
+MaskFile = Annotated[UploadFile | str | None, File(description="mask of the same size (value/255 = foreground "
+                                                               "weight), or the text `auto`: the object is found, "
+                                                               "inside `box` when given (x0,y0,x1,y1)")]
 CategoryField = Annotated[str | None, Form(description="a category the model knows (GET /info)")]
 MISMATCH_HEADER = "X-Harmonization-Mismatch"  # the mean of the mismatch score, in 8-bit levels
+CUTOUT_HEADER = "X-S2CRNet-Cutout"  # "auto": the foreground was a plain photo and its subject was cut out
 
 def check_category(service: Service, category: str | None) -> str | None:
     """The form's category if the model knows it ("" = unknown); 422 unknown_category else."""
@@ -95,6 +98,7 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
     accepted = accepted_formats(request, format)
     timings: dict[str, float] = {}
     mismatch: dict[str, float] = {}
+    cutout: list[bool] = []
 
     async def work():
         async with AsyncExitStack() as stack:
@@ -102,12 +106,17 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
                 prediction = await predict(service, timings, form, category, strength, stack)
                 request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
                 mismatch.update(prediction.curves.mismatch)
+                cutout.append(prediction.cutout)
                 return await render_and_encode(service, timings, prediction, output, format, quality, accepted)
 
     body, media_type = await with_deadline(service, request, work())
     headers = {"Server-Timing": server_timing(timings, time.perf_counter() - start),
-               MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
+               MISMATCH_HEADER: f"{mismatch['mean']:.3f}", **_cutout_header(cutout)}
     return Response(body, media_type=media_type, headers=headers)
+
+
+def _cutout_header(cutout: list[bool]) -> dict[str, str]:
+    return {CUTOUT_HEADER: masking.CUTOUT_AUTO} if any(cutout) else {}
 
 
 @api.post("/curves", responses={200: {"content": {"application/json": {}, "text/plain": {}},
@@ -128,18 +137,21 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
     format = imaging.format_name(format, forms.CURVES_FORMATS)
     category = check_category(service, category)
     timings: dict[str, float] = {}
+    cutout: list[bool] = []
 
     async def work():
         async with AsyncExitStack() as stack:
             with service.stage(timings, "critical"):
                 prediction = await predict(service, timings, form, category, strength, stack)
             request.state.image_size = prediction.decoded.image.size  # for the access line (app.logs)
+            cutout.append(prediction.cutout)
             return prediction.curves
 
     result = await with_deadline(service, request, work())
     total = time.perf_counter() - start
     mismatch = {name: round(value, 4) for name, value in result.mismatch.items()}
-    headers = {"Server-Timing": server_timing(timings, total), MISMATCH_HEADER: f"{mismatch['mean']:.3f}"}
+    headers = {"Server-Timing": server_timing(timings, total), MISMATCH_HEADER: f"{mismatch['mean']:.3f}",
+               **_cutout_header(cutout)}
     if format == "cube":
         headers["Content-Disposition"] = 'attachment; filename="curves.cube"'
         return PlainTextResponse(result.to_cube(f"{service.model_name} harmonization curve"), headers=headers)
@@ -161,6 +173,34 @@ async def preview_image(request: Request, service: ServiceDep,
         raise ApiError(422, "missing_field", "image: missing; send the file part image")
     body = await with_deadline(service, request, preview(service, image))
     return Response(body, media_type="image/png")
+
+
+@api.post("/mask", response_class=Response,
+          responses={200: {"content": {"image/png": {}},
+                           "description": "the found mask: 8-bit grey PNG of the composite's size, 255 = object"}})
+async def mask(request: Request, service: ServiceDep, composite: CompositeFile = None,
+               box: Annotated[str | None, Form(description="x0,y0,x1,y1 in composite pixels: find the object "
+                                                           "inside (default: the most salient in the image)")] = None
+               ) -> Response:
+    """Find the object (inside `box`, or the most salient one) and answer its mask, to check or edit before
+    sending it to /harmonize as the `mask` file."""
+    start = time.perf_counter()
+    await forms.check_body(request)
+    if composite is None:
+        raise ApiError(422, "missing_field", "composite: missing; send the image to find the object in")
+    object_box = masking.parse_box_field(box)
+    accepted_formats(request, "png")
+    masking.check_available(service)
+    timings: dict[str, float] = {}
+
+    async def work():
+        async with AsyncExitStack() as stack:
+            with service.stage(timings, "critical"):
+                return await find_mask(service, timings, composite, object_box, stack)
+
+    body = await with_deadline(service, request, work())
+    return Response(body, media_type="image/png",
+                    headers={"Server-Timing": server_timing(timings, time.perf_counter() - start)})
 
 
 # HEAD too: load balancers and `curl -I` probe with it (uvicorn sends the headers, not the body).
@@ -188,12 +228,14 @@ async def metrics(service: ServiceDep) -> Response:
 
 @ops.get("/info")
 async def info(service: ServiceDep) -> dict:
-    """Model config, parameter count, device, weights sha256, version and limits."""
+    """Model config, parameter count, device, weights sha256, version, limits, and the segmentation model."""
     s = service.settings
     return {
         "name": service.model_name,
         "version": model.__version__,
         "model": service.harmonizer.info() if service.harmonizer else None,
+        "segmentation": (service.segmenter.info() if service.segmenter is not None
+                         else {"available": False, "reason": service.segmenter_missing}),
         "ready": service.ready,
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_queue": s.max_queue,
                    "max_inflight_pixels": s.max_inflight_pixels, "request_timeout_s": s.request_timeout_s},

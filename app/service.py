@@ -36,7 +36,10 @@ class Service:
     ready: bool = False  # the model is loaded and warmed up
     draining: bool = False  # SIGTERM seen: refuse new work, finish accepted work
     budget: memory.PixelBudget | None = None  # decoded pixels in flight (max_inflight_pixels)
-    in_flight: int = 0  # /harmonize and /curves requests admitted and not yet answered
+    segmenter: object | None = None  # model.segmentation.Segmenter (settings.segmentation), or None
+    segmenter_missing: str | None = None  # why there is none: the sentence segmentation_unavailable answers
+    segment_pool: ThreadPoolExecutor | None = None  # the segmenter's own threads, beside the batcher's
+    in_flight: int = 0  # /harmonize, /curves and /mask requests admitted and not yet answered
     preparing: int = 0  # of those, the ones decoding or thumbnailing: they will join the batcher soon
 
     @property
@@ -46,6 +49,10 @@ class Service:
     async def run_blocking(self, fn: Callable, *args):
         """Run fn(*args) in the bounded worker pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def run_segmentation(self, fn: Callable, *args):
+        """Run fn(*args) on the segmenter's threads: a mask's ~0.4 s never holds a decode or render worker."""
+        return await asyncio.get_running_loop().run_in_executor(self.segment_pool, fn, *args)
 
     @contextmanager
     def stage(self, timings: dict[str, float], name: str):
@@ -95,6 +102,7 @@ def start(service: Service) -> None:
     warm_mask.paste(255, (16, 16, 48, 48))
     image, mask, thumbs = harmonizer.prepare(warm_image, warm_mask)
     harmonizer.render(image, mask, harmonizer.curves_from_thumbnails([thumbs])[0])
+    _start_segmenter(service, warm_image)
     service.batcher.start()
     metrics.queue_depth.set_function(service.batcher.depth)
     metrics.in_flight.set_function(lambda: service.in_flight)
@@ -109,10 +117,28 @@ def start(service: Service) -> None:
              (time.perf_counter() - start) * 1000)
 
 
+def _start_segmenter(service: Service, warm_image: Image.Image) -> None:
+    """The segmenter (settings.segmentation; run() may have loaded it already), its threads and a warm-up run."""
+    settings = service.settings
+    if service.segmenter is None and service.segmenter_missing is None:
+        service.segmenter, service.segmenter_missing = startup.load_segmenter(settings.segmentation,
+                                                                               settings.segment_threads)
+    segmenter = service.segmenter
+    if segmenter is None:
+        log.info("no segmentation: %s", service.segmenter_missing)
+        return
+    service.segment_pool = ThreadPoolExecutor(settings.segment_workers, thread_name_prefix="s2crnet-segment")
+    segmenter.saliency(segmenter.preprocess(warm_image, (0, 0, *warm_image.size)))  # the first run is slow
+    log.info("segmentation: U²-Netp %s, sha256 %s, %d workers × %d threads", segmenter.path, segmenter.sha256,
+             settings.segment_workers, settings.segment_threads)
+
+
 def stop(service: Service) -> None:
     service.ready = False
     if service.batcher is not None:
         service.batcher.close(timeout=10)
+    if service.segment_pool is not None:
+        service.segment_pool.shutdown(wait=True, cancel_futures=True)
     if service.pool is not None:
         service.pool.shutdown(wait=True, cancel_futures=True)
     log.info("stopped")

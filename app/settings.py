@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # Intra-op threads of the forward pass (PyTorch or onnxruntime). 1: requests already run in parallel on the
     # worker threads, and threads spinning for a 128² forward pass slow everything else down on a small CPU.
     torch_threads: int = Field(1, ge=1, le=256)
+    # Masks without painting (mask=auto, POST /mask, plain-photo foregrounds), U²-Netp on onnxruntime: auto = on
+    # when its model is installed (model/segmentation.py says how), on = refuse to start without it, off = never.
+    segmentation: Literal["auto", "on", "off"] = "auto"
+    segment_workers: int = Field(1, ge=1, le=64)  # masks found at once, on threads of their own
+    segment_threads: int = Field(2, ge=1, le=256)  # onnxruntime's intra-op threads for one mask
     api_key: SecretStr | None = None  # when set, /harmonize and /curves need `Authorization: Bearer <key>`
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line, for log pipelines

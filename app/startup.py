@@ -8,7 +8,8 @@ traceback. Exit codes, the same however the service is started:
 
 from pydantic import ValidationError
 
-__all__ = ["BAD_CONFIG", "BAD_WEIGHTS", "StartupError", "load_harmonizer", "model_name", "settings_from"]
+__all__ = ["BAD_CONFIG", "BAD_WEIGHTS", "StartupError", "load_harmonizer", "load_segmenter", "model_name",
+           "settings_from"]
 
 BAD_CONFIG = 2
 BAD_WEIGHTS = 3
@@ -63,6 +64,23 @@ def load_harmonizer(weights, device: str, weights_name: str = "S2CRNET_WEIGHTS",
         raise StartupError(f"{weights_name}: {_weights_problem(e)}", BAD_WEIGHTS) from None
     except ValueError as e:  # onnxruntime missing, or without the CUDA provider that was asked for
         raise StartupError(f"S2CRNET_RUNTIME={chosen}: {e}", BAD_CONFIG) from None
+
+
+def load_segmenter(setting: str, threads: int | None = None):
+    """S2CRNET_SEGMENTATION → (model.segmentation.Segmenter or None, why there is none). StartupError (3) for
+    `on` without the model, and for an installed model that fails its check (a broken install, in auto too)."""
+    if setting == "off":
+        return None, "this server runs with S2CRNET_SEGMENTATION=off"
+    from model.segmentation import Segmenter, SegmenterError, SegmenterMissing
+
+    try:
+        return Segmenter.load(threads=threads), None
+    except SegmenterMissing as e:
+        if setting == "on":
+            raise StartupError(f"S2CRNET_SEGMENTATION=on: {e}", BAD_WEIGHTS) from None
+        return None, f"this server has no segmentation model: {e}"
+    except SegmenterError as e:
+        raise StartupError(f"S2CRNET_SEGMENTATION={setting}: {e}", BAD_WEIGHTS) from None
 
 
 def _weights_problem(error: Exception) -> str:

@@ -5,6 +5,8 @@
     curves = h.predict_curves([img1, img2], [mask1, mask2]) # one forward pass for the whole batch
     out = h.harmonize(foreground=cutout, background=bg, at=(40, 10), scale=0.5, strength=0.8)  # layer input
     layer = h.harmonize(foreground=cutout, background=bg, at=(40, 10), layer=True)  # RGBA, the cutout's size
+    out = h.harmonize(image, mask="auto", box=(x0, y0, x1, y1))  # the object in the box found (model.segmentation)
+    out = h.harmonize(foreground=photo, background=bg, at=(40, 10))  # a plain photo: its subject cut out first
     h.harmonize_video("out.mp4", "clip.mp4", mask="matte.mp4", smoothing=0.5)  # needs the `video` extra
 """
 
@@ -59,6 +61,7 @@ class Harmonizer:
         self.sha256 = sha256
         self.meta = predictor.meta
         self._lock = threading.Lock()  # one forward pass at a time: the model is shared by threads
+        self._segmenter = None  # model.segmentation.Segmenter, loaded on first use (mask="auto", plain photos)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", runtime: str = "torch",
@@ -91,6 +94,19 @@ class Harmonizer:
     def device(self):
         """torch.device for the torch runtime; "cpu" or "cuda" for onnx."""
         return self.predictor.device
+
+    @property
+    def segmenter(self):
+        """U²-Netp (model.segmentation), loaded on first use; SegmenterMissing says what to install."""
+        if self._segmenter is None:
+            from .segmentation import Segmenter
+
+            self._segmenter = Segmenter.load()
+        return self._segmenter
+
+    @segmenter.setter
+    def segmenter(self, segmenter) -> None:
+        self._segmenter = segmenter
 
     @property
     def net(self):
@@ -169,6 +185,9 @@ class Harmonizer:
         the background's size; layer=True returns the harmonized foreground instead, RGBA at its scaled size,
         alpha unchanged). strength: 0-1, the share of the curves' change to apply (None = the weights' own).
         Grayscale input comes back RGB (the curves may add colour); alpha passes through untouched.
+        mask="auto" finds the object (model.segmentation: inside `box`, x0, y0, x1, y1, when given; else the most
+        salient one); a foreground without a matte of its own (no alpha, no foreground_mask) is cut out the same
+        way. Both raise model.segmentation.NoObjectError when nothing is found.
         """
         layered = None
         if foreground is not None or background is not None:
@@ -176,7 +195,11 @@ class Harmonizer:
                 raise ValueError("give either image + mask or foreground + background, not both")
             if foreground is None or background is None:
                 raise ValueError("layer input needs both a foreground and a background")
+            if foreground_mask is None:
+                from .segmentation import has_matte
 
+                if not has_matte(foreground):
+                    foreground_mask = self.segmenter.mask(foreground)
             layered = compose(foreground, background, at, scale, box, feather, foreground_mask)
             was_pil, original = isinstance(background, Image.Image), None
             image, mask = layered.composite, layered.mask  # already a copy: render may work in place
@@ -185,6 +208,12 @@ class Harmonizer:
                 raise ValueError("harmonize needs an image and a mask (or foreground= and background=)")
             if layer:
                 raise ValueError("layer=True needs foreground= and background=")
+            if isinstance(mask, str):
+                if mask != "auto":
+                    raise ValueError(f"mask: an image, an array or 'auto', got the text {mask[:40]!r}")
+                mask = self.segmenter.mask(image, box)
+            elif box is not None:
+                raise ValueError("box: with image + mask it says where the object is, so it needs mask='auto'")
             was_pil, original = isinstance(image, Image.Image), image
         image, mask, thumbs = self.prepare(image, mask)
         if was_pil and image is original:

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from .config import ModelConfig
 
 __all__ = ["META_CONFIG", "META_SHA256", "META_THUMB", "RUNTIMES", "OnnxPredictor", "WeightsError", "choose_runtime",
-           "onnx_export_path", "read_weights", "sha256_of"]
+           "import_onnxruntime", "onnx_export_path", "read_weights", "sha256_of"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ def installed(package: str) -> bool:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
         return False
+
+
+def import_onnxruntime():
+    """onnxruntime, with its telemetry off: since 1.3x it starts a session-id file ($TMPDIR/.ses) and an uploader
+    on import, which a service that keeps no client data on disk and calls no one must not have."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read once, when the library initialises
+    import onnxruntime
+
+    return onnxruntime
 
 
 def read_weights(path: Path) -> bytes:
@@ -98,7 +108,7 @@ class OnnxPredictor:
         the .onnx is itself the weights)."""
         if not installed("onnxruntime"):
             raise ValueError(f"runtime 'onnx' needs the onnxruntime package, which is not installed: {ONNX_INSTALL}")
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = path
         providers = ort.get_available_providers()
@@ -118,7 +128,7 @@ class OnnxPredictor:
         self._read_metadata(weights_sha256)
 
     def _session(self, threads: int | None):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1

@@ -4,6 +4,7 @@
     h = Harmonizer.load()
     h.harmonize_video("out.mp4", "clip.mp4", mask="matte.mp4", smoothing=0.5)      # or mask="masks/" (frames)
     h.harmonize_video("out.mp4", foreground="presenter.mov", background="studio.jpg", at=(40, 0), scale=0.8)
+    h.harmonize_video("out.mp4", "clip.mp4", mask="auto", box=(x0, y0, x1, y1), mask_every=5)  # found masks
 
 Inputs: a composite video and its mask (a video of the same frame count, grey = matte, or a folder of per-frame
 images sorted by name); or the layer form, a foreground (a video or folder of RGBA frames, or RGB frames with
@@ -15,6 +16,10 @@ Streaming: frames are decoded, harmonized and encoded one at a time (with `curve
 so memory does not grow with the clip. Interrupted (KeyboardInterrupt), the frames done so far are finished
 into a playable file at the partial name (`out.partial.mp4`; none if no frame was done) and nothing is at
 `output`; any other failure leaves no file. A finished run renames the partial file to `output`.
+
+mask="auto" finds the object of a composite clip (model.segmentation, inside `box` when given) on every
+`mask_every`-th frame, holds that mask between, and blends each new one into the last (AutoMask) so the matte
+does not flicker; a frame where nothing is found keeps the last mask, or passes through before the first.
 """
 
 import time
@@ -29,7 +34,7 @@ from .layers import LayerError, compose
 from .temporal import Frame, VideoOptions, harmonize_frames
 from .video_io import Source, StillSource, VideoError, VideoWriter, open_source, snap_mask
 
-__all__ = ["VideoError", "VideoInterrupted", "VideoResult", "harmonize_video", "partial_path"]
+__all__ = ["AutoMask", "VideoError", "VideoInterrupted", "VideoResult", "harmonize_video", "partial_path"]
 
 DEFAULT_CODEC, DEFAULT_CRF = "libx264", 18  # H.264 plays everywhere; CRF 18 is visually lossless for x264
 
@@ -69,10 +74,44 @@ class _Inputs:
     combine: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
-def _composite_inputs(input, mask) -> _Inputs:
+class AutoMask:
+    """mask="auto" for a clip: the object found (inside `box`) on every `every`-th frame and held between; each
+    new mask is blended into the last, last + MASK_BLEND · (found − last), in 8-bit integers."""
+
+    def __init__(self, segmenter, box=None, every: int = 5):
+        if every < 1:
+            raise ValueError(f"mask_every: must be at least 1, got {every}")
+        self.segmenter, self.box, self.every = segmenter, box, every
+        self.index, self.mask = 0, None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        from .segmentation import NoObjectError
+
+        if self.index % self.every == 0:
+            try:
+                found = self.segmenter.mask(frame, self.box)
+            except NoObjectError:
+                found = None
+            if found is not None:
+                if self.mask is None:
+                    self.mask = found
+                else:  # uint16: (last·(256 − w) + found·w + 128) >> 8, no float copy of the frame
+                    weight = round(MASK_BLEND * 256)
+                    blended = self.mask.astype(np.uint16) * (256 - weight) + found.astype(np.uint16) * weight
+                    self.mask = ((blended + 128) >> 8).astype(np.uint8)
+        self.index += 1
+        return self.mask if self.mask is not None else np.zeros(frame.shape[:2], np.uint8)
+
+
+MASK_BLEND = 0.5  # share of a newly found mask; the rest is the last one
+
+
+def _composite_inputs(input, mask, auto_mask: AutoMask | None = None) -> _Inputs:
     video = open_source(input, "input", "RGB")
     if not video.is_video:
         raise VideoError("input: give a video file (frames from a folder: use the layer form with --fps)")
+    if auto_mask is not None:
+        return _Inputs(video, {"input": video}, video.size, lambda d: (d["input"], auto_mask(d["input"])))
     matte = open_source(mask, "mask", "L")
     return _Inputs(video, {"input": video, "mask": matte}, video.size,
                    lambda d: (d["input"], snap_mask(d["mask"])))
@@ -139,19 +178,23 @@ def harmonize_video(harmonizer, output, input=None, mask=None, *, foreground=Non
                     scale=None, fps=None, strength: float | None = None, smoothing: float = 0.5,
                     curves_every: int = 1, cut_threshold: float = 0.1, category: str | None = None,
                     codec: str = DEFAULT_CODEC, crf: int | None = DEFAULT_CRF,
-                    progress: Callable[[int, int | None], None] | None = None) -> VideoResult:
+                    progress: Callable[[int, int | None], None] | None = None, box=None,
+                    mask_every: int = 5) -> VideoResult:
     """Harmonize a clip into `output` (container from its extension: .mp4, .mkv, .mov, ...) → VideoResult.
     Bad inputs raise VideoError (a ValueError); `progress(done, total)` is called as frames are written (total:
-    None when the container does not say)."""
+    None when the container does not say). mask="auto" (+ box, mask_every): the masks are found (AutoMask)."""
     options = VideoOptions(strength, smoothing, curves_every, cut_threshold, category)
     output = Path(output)
     if (input is None) == (foreground is None):
         raise ValueError("give either input + mask or foreground + background")
     if input is not None:
         if mask is None:
-            raise ValueError("mask: a composite video needs its mask (a video or a folder of frames)")
-        inputs = _composite_inputs(input, mask)
+            raise ValueError("mask: a composite video needs its mask (a video, a folder of frames or 'auto')")
+        auto = isinstance(mask, str) and mask == "auto"
+        inputs = _composite_inputs(input, mask, AutoMask(harmonizer.segmenter, box, mask_every) if auto else None)
     else:
+        if box is not None or mask == "auto":
+            raise ValueError("mask: 'auto' (and box) find the object of a composite video, not of layer input")
         if background is None:
             raise ValueError("background: the layer form needs a background (a video, frames or an image)")
         inputs = _layer_inputs(foreground, background, mask, at, scale)

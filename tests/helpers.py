@@ -251,6 +251,32 @@ def photo_pair(index: int = 0) -> tuple[Image.Image, Image.Image]:
             Image.open(PHOTOS / row["mask"]).convert("L"))
 
 
+def photo_composites(composites: Path, masks: Path, count: int, longest: int = 96) -> list[str]:
+    """`count` small composites made from the real photos (cycling through them): each scaled to `longest` px,
+    its object recoloured by a per-image channel gain, saved as JPEG (every fifth as PNG) beside its PNG mask
+    of the same stem → the composites' file names."""
+    with open(PHOTOS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    composites.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(count):
+        row = rows[i % len(rows)]
+        image = Image.open(PHOTOS / row["image"]).convert("RGB")
+        image.thumbnail((longest, longest), Image.Resampling.BILINEAR)
+        mask = Image.open(PHOTOS / row["mask"]).convert("L").resize(image.size, Image.Resampling.NEAREST)
+        pixels = np.asarray(image, dtype=np.float32)
+        gain = rng.uniform(0.6, 1.4, 3).astype(np.float32)
+        inside = np.asarray(mask)[..., None] > 127
+        pixels = np.where(inside, np.clip(pixels * gain, 0, 255), pixels)
+        name = f"photo{i:04d}.{'png' if i % 5 == 4 else 'jpg'}"
+        Image.fromarray(pixels.astype(np.uint8)).save(composites / name, quality=90)
+        mask.save(masks / f"photo{i:04d}.png")
+        names.append(name)
+    return names
+
+
 def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
     buffer = BytesIO()
     image.save(buffer, fmt, **params)
@@ -361,12 +387,16 @@ def tiny_manifest(tmp_path, n: int = 12):
             im.convert("L").resize((64, 64)).save(tmp_path / "img" / f"{stem}.png")
         row["image"], row["mask"] = f"img/{stem}.jpg", f"img/{stem}.png"
         row["id"] = f"tiny/{stem}"
-    manifest = tmp_path / "manifest.csv"
-    with manifest.open("w", newline="") as f:
+    return write_manifest(tmp_path / "manifest.csv", rows)
+
+
+def write_manifest(path, rows: list[dict]):
+    """A photo manifest (../shared/data/photos/manifest.csv's columns) with these rows."""
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
 
 
 def make_iharmony_fixture(root, n: int = 3):

@@ -5,6 +5,10 @@
     s2crnet harmonize --foreground fg.png --background bg.jpg --at X,Y [--scale S | --box x0,y0,x1,y1]
                       [--feather PX] [--strength S] [--layer] -o out.png
     s2crnet harmonize --layers manifest.csv -o OUTDIR [--layer] [--report CSV]   # many placed layers
+    s2crnet harmonize comp.jpg --mask auto [--box x0,y0,x1,y1] -o out.jpg     # the object found, not painted
+    s2crnet harmonize --composites DIR --mask auto [--boxes CSV] -o OUTDIR
+    s2crnet mask IMAGE -o mask.png [--box x0,y0,x1,y1]                         # the found mask, to check or edit
+    s2crnet harmonize --composites s3://in/c --masks s3://in/m -o s3://out/h --ray [ADDRESS] [--ray-actors 2]
     s2crnet harmonize-video clip.mp4 --mask matte.mp4 -o out.mp4 [--smoothing 0.5] | --foreground --background
     s2crnet serve [--host 127.0.0.1] [--port 8000] [--weights PATH] [--device auto] [--runtime auto]
     s2crnet export --format onnx -o model.onnx [--weights PATH] [--batch dynamic|N]
@@ -31,6 +35,8 @@ from ..logs import configure_logging
 from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
 from .folder import describe_error, needs_extra
+from .masks import add_mask_command
+from .ray_batch import add_arguments as add_ray_arguments
 from .video import add_video_command
 
 __all__ = ["build_parser", "main"]
@@ -114,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a0041_1_5.jpg ↔ a0041_1.png).")
     harmonize.add_argument("composite", nargs="?", help="the composite image")
     harmonize.add_argument("mask", nargs="?", help="its mask: white = pasted object, grey levels blend")
+    harmonize.add_argument("--mask", dest="mask_mode", choices=("auto",),
+                           help="auto: find the object instead of reading a mask (U²-Netp), inside --box when "
+                                "given; in folder mode with --composites (boxes from --boxes)")
     harmonize.add_argument("-o", "--output", required=True, metavar="OUT",
                            help="output file (format from its extension) or, in folder mode, output folder")
     harmonize.add_argument("--category", help="the pasted object's category, if the model is semantic")
@@ -136,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     placing = layers.add_mutually_exclusive_group()
     placing.add_argument("--scale", type=float, metavar="S", help="resample the foreground by S (default 1)")
     placing.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1",
-                         help="fit the foreground into this box, aspect kept, centred (instead of --at)")
+                         help="fit the foreground into this box, aspect kept, centred (instead of --at); with "
+                              "--mask auto: where the object is in the composite")
     layers.add_argument("--feather", type=float, metavar="PX",
                         help="pixels of Gaussian softening of the matte's edge, inwards (default 0)")
     layers.add_argument("--layer", action="store_true",
@@ -147,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "it): one output per row in -o OUTDIR, like folder mode")
     folder = harmonize.add_argument_group("folder mode")
     folder.add_argument("--composites", metavar="DIR", help="folder of composites")
-    folder.add_argument("--masks", metavar="DIR", help="folder of masks")
+    folder.add_argument("--masks", metavar="DIR", help="folder of masks (or --mask auto)")
+    folder.add_argument("--boxes", metavar="CSV", help="with --mask auto: columns composite (path relative to "
+                        "--composites) and box (x0,y0,x1,y1); unlisted composites are searched whole")
     folder.add_argument("-r", "--recursive", action="store_true",
                         help="also take sub-folders (masks and outputs mirror the composites' sub-folders)")
     folder.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -163,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--report", metavar="CSV",
                         help="write one row per image: input, output, status, mismatch (mean, r, g, b), "
                              "timings in ms, error")
+    add_ray_arguments(harmonize, _positive_int)
     harmonize.set_defaults(handler=cmd_harmonize)
-    add_video_command(commands, model_options, _strength, _point, _positive_int)
+    add_video_command(commands, model_options, _strength, _point, _positive_int, _box)
+    add_mask_command(commands, _box)
 
     serve = commands.add_parser(
         "serve", help="run the REST service (settings also from S2CRNET_* variables)",
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     warnings.showwarning = _one_line_warning
     # Their output is the result, not the logs.
-    quiet_by_default = args.command in ("harmonize", "harmonize-video", "info")
+    quiet_by_default = args.command in ("harmonize", "harmonize-video", "info", "mask")
     configure_logging("warning" if quiet_by_default and not args.verbose else "info")
     from app.startup import StartupError
 

@@ -21,6 +21,7 @@ from .files import (
     IMAGE_EXTENSIONS,
     CliError,
     cpu_cores,
+    decode_file,
     decode_pair,
     load_job,
     output_format,
@@ -28,6 +29,8 @@ from .files import (
 )
 from .folder import FolderRun, Report, Summary, ignored_files, needs_extra, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
+from .masks import auto_mask_jobs, check_segmenter, find_mask, load_auto_mask_job, segmenter_of
+from .storage import is_remote, location, s3_options
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ def _check_category(harmonizer, category: str | None) -> None:
 def cmd_harmonize(args: argparse.Namespace) -> int:
     folder_mode = args.composites is not None or args.masks is not None
     layer_one = args.foreground is not None or args.background is not None
+    auto = args.mask_mode == "auto"
+    if auto:
+        _check_auto_mask(args, folder_mode, layer_one)
+        return _harmonize_auto_folder(args) if folder_mode else _harmonize_one(args)
+    if args.boxes:
+        raise CliError("--boxes gives the object's box per composite for --mask auto")
     placement = [flag for flag, value in (("--at", args.at), ("--scale", args.scale), ("--box", args.box),
                                           ("--feather", args.feather), ("--foreground-mask", args.foreground_mask))
                  if value is not None]
@@ -72,6 +81,8 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     if (folder_mode or args.layers) and (args.curves or args.cube):
         raise CliError("--curves and --cube write the curves of one image; use them without --composites or "
                        "--layers")
+    if args.ray is not None and not (folder_mode or args.layers):
+        raise CliError("--ray runs folder or manifest mode (--composites/--masks or --layers) on a cluster")
     if args.layers:
         return _harmonize_layers(args)
     if folder_mode:
@@ -86,6 +97,36 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
         raise CliError("give COMPOSITE and MASK files, --composites DIR --masks DIR for a folder, "
                        "--foreground FILE --background FILE, or --layers MANIFEST")
     return _harmonize_one(args)
+
+
+def _check_auto_mask(args: argparse.Namespace, folder_mode: bool, layer_one: bool) -> None:
+    """--mask auto: a COMPOSITE (with --box) or --composites (with --boxes), nothing else."""
+    if layer_one or args.layers:
+        raise CliError("--mask auto finds the object of a composite; a plain-photo --foreground is cut out "
+                       "without it")
+    if args.mask or args.masks:
+        raise CliError("--mask auto finds the mask: give no MASK file or --masks folder with it")
+    others = [flag for flag, value in (("--at", args.at), ("--scale", args.scale), ("--feather", args.feather),
+                                       ("--foreground-mask", args.foreground_mask)) if value is not None]
+    if others or args.layer:
+        raise CliError(f"{', '.join(others or ['--layer'])}: layer input only, not with --mask auto")
+    if folder_mode and args.box is not None:
+        raise CliError("--box is one composite's; in folder mode give --boxes CSV")
+    if not folder_mode and args.boxes:
+        raise CliError("--boxes is for folder mode (--composites DIR); one composite takes --box")
+    if folder_mode and (args.curves or args.cube):
+        raise CliError("--curves and --cube write the curves of one image; use them without --composites")
+    if not folder_mode and not args.composite:
+        raise CliError("--mask auto takes a COMPOSITE (or --composites DIR)")
+    if not folder_mode and args.report:
+        raise CliError("--report writes one row per image of folder mode (--composites)")
+    check_segmenter()
+
+
+def _harmonize_auto_folder(args: argparse.Namespace) -> int:
+    jobs = auto_mask_jobs(args)
+    base = Path(args.composites).resolve()
+    return _run_jobs(args, jobs, Summary(), base, load_auto_mask_job)
 
 
 def _write_curves(args: argparse.Namespace, harmonizer, curves, name: str) -> None:
@@ -115,6 +156,9 @@ def _harmonize_layer_one(args: argparse.Namespace) -> int:
         prepared = load_layer_job(harmonizer, job, args.feather or 0.0, mask_path, args.box)
     except LayerError as e:
         raise CliError(layer_message(e)) from None
+    if prepared.cutout:
+        sys.stderr.write(f"s2crnet: {job.foreground.name} has no alpha: its subject was cut out automatically "
+                         "(give --foreground-mask to choose the matte yourself)\n")
     (curves,) = harmonizer.curves_from_thumbnails([prepared.thumbs], [args.category])
     curves = curves.with_strength(args.strength)
     if args.layer:
@@ -133,9 +177,15 @@ def _harmonize_one(args: argparse.Namespace) -> int:
     output = Path(args.output)
     # Bad extensions and unreadable files fail at once, before the model's slow load.
     output_format(output)
-    image, mask, icc_profile = decode_pair(Path(args.composite), Path(args.mask))
+    if args.mask_mode == "auto":
+        decoded = decode_file(Path(args.composite), "composite", True)
+        image, icc_profile = decoded.image, decoded.icc_profile
+    else:
+        image, mask, icc_profile = decode_pair(Path(args.composite), Path(args.mask))
     harmonizer = _load_harmonizer(args)
     _check_category(harmonizer, args.category)
+    if args.mask_mode == "auto":
+        mask = find_mask(segmenter_of(harmonizer), image, args.box, args.composite)
     image, mask, thumbs = harmonizer.prepare(image, mask)
     (curves,) = harmonizer.curves_from_thumbnails([thumbs], [args.category])
     curves = curves.with_strength(args.strength)
@@ -146,10 +196,17 @@ def _harmonize_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _location(args: argparse.Namespace, text: str):
+    """A local Path, or (with --ray) an s3:// location."""
+    if is_remote(text) and args.ray is None:
+        raise CliError(f"{text!r}: s3:// locations are read and written by the Ray job: add --ray")
+    return location(text, s3_options(args.s3_endpoint, args.s3_region))
+
+
 def _harmonize_folder(args: argparse.Namespace) -> int:
-    composites, out_dir = Path(args.composites), Path(args.output)
+    composites, out_dir = _location(args, args.composites), _location(args, args.output)
     extension = FORMAT_CHOICES[args.format] if args.format else None
-    jobs, unpaired = pair_folder(composites, Path(args.masks), out_dir, args.recursive, extension)
+    jobs, unpaired = pair_folder(composites, _location(args, args.masks), out_dir, args.recursive, extension)
     base = composites.resolve()
     summary = Summary(unpaired=unpaired)
     for path, reason in unpaired:
@@ -165,7 +222,7 @@ def _harmonize_layers(args: argparse.Namespace) -> int:
     """--layers MANIFEST: one placed, harmonized composite (or --layer) per row, like folder mode."""
     from functools import partial
 
-    manifest, out_dir = Path(args.layers), Path(args.output)
+    manifest, out_dir = _location(args, args.layers), _location(args, args.output)
     extension = FORMAT_CHOICES[args.format] if args.format else None
     if args.layer and extension in (".jpg", ".bmp"):
         raise CliError(f"--layer keeps the foreground's alpha: --format png, webp or tiff, not {args.format}")
@@ -186,7 +243,7 @@ def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path
     summary.skipped = len(jobs) - len(pending)
     log.info("%d jobs, %d not runnable, %d outputs already there", len(jobs),
              len(unpaired or []) + len(bad_rows or []), summary.skipped)
-    report = Report(Path(args.report)) if args.report else None
+    report = Report(_location(args, args.report)) if args.report else None
     try:
         if report is not None:
             for path, reason in unpaired or []:
@@ -198,21 +255,32 @@ def _run_jobs(args: argparse.Namespace, jobs: list, summary: Summary, base: Path
                     report.write(job.source, job.output, "skipped")
         started = time.perf_counter()
         if pending:
-            harmonizer = _load_harmonizer(args)
+            harmonizer = _load_harmonizer(args)  # with --ray too: bad weights or category fail before the job
             _check_category(harmonizer, args.category)
-            # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
-            # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
-            harmonizer.set_threads(max(1, cpu_cores() - args.jobs))
-            started = time.perf_counter()  # the summary's images/s is the folder's own rate, model loading aside
-            with tqdm(total=len(pending), unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
-                      disable=None if args.progress is None else not args.progress) as progress:
-                FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress, summary,
-                          base, args.strength, report, loader, args.layer).run(pending)
+            if args.ray is not None:
+                from .ray_batch import run_on_ray
+
+                with _progress_bar(args, len(pending)) as progress:  # the rate excludes joining the cluster
+                    started = run_on_ray(args, pending, summary, report, progress, harmonizer.config.thumb,
+                                         loader, base)
+            else:
+                # The --jobs threads already keep cores busy; intra-op threads on top of them only contend
+                # (measured on 2 cores with --jobs 2: one torch thread gives ~15% more images/s than two).
+                harmonizer.set_threads(max(1, cpu_cores() - args.jobs))
+                started = time.perf_counter()  # the summary's images/s is the folder's own rate, loading aside
+                with _progress_bar(args, len(pending)) as progress:
+                    FolderRun(harmonizer, args.jobs, args.batch_size, args.category, args.quality, progress,
+                              summary, base, args.strength, report, loader, args.layer).run(pending)
     finally:
         if report is not None:
             report.close()
     sys.stdout.write(summary.line(time.perf_counter() - started) + "\n")
     return 1 if summary.failed or summary.unpaired else 0
+
+
+def _progress_bar(args: argparse.Namespace, total: int) -> tqdm:
+    return tqdm(total=total, unit="img", desc="harmonize", file=sys.stderr, dynamic_ncols=True,
+                disable=None if args.progress is None else not args.progress)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

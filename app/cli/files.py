@@ -4,6 +4,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,16 +49,29 @@ def save_image(image: Image.Image, path: Path, quality: int, icc_profile: bytes 
     Written to a temporary name and renamed, so an interrupted run never leaves a half-written output that a
     resumed run would skip.
     """
+    image, fmt, params = _save_arguments(image, path, quality, icc_profile)
+    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    try:
+        image.save(partial, format=fmt, **params)  # streamed to the file: no encoded copy in memory
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def image_bytes(image: Image.Image, path, quality: int, icc_profile: bytes | None) -> bytes:
+    """The bytes save_image would write at `path`, in memory (for storage written in one PUT)."""
+    image, fmt, params = _save_arguments(image, path, quality, icc_profile)
+    buffer = BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _save_arguments(image: Image.Image, path, quality: int, icc_profile: bytes | None):
     from app.imaging import save_options  # imports the model package: only for the commands that write images
 
     fmt = output_format(path)
     image, params = save_options(image, fmt, quality, icc_profile)
-    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    try:
-        image.save(partial, format=fmt, **params)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    return image, fmt, params
 
 
 @dataclass
@@ -82,6 +96,7 @@ class Prepared:
     icc_profile: bytes | None
     layered: object = None  # model.layers.Layered for layer input (what --layer cuts out), else None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for --report
+    cutout: bool = False  # layer input: the foreground was a plain photo, its subject cut out (app/cli/masks.py)
 
 
 def decode_pair(composite: Path, mask: Path) -> tuple[Image.Image, Image.Image, bytes | None]:
@@ -95,8 +110,10 @@ def decode_file(path: Path, what: str, composite: bool):
     from app import imaging  # imports the model package: only for the commands that decode
     from app.errors import ApiError
 
+    # A local file by name (Pillow reads it as it decodes); a remote one (a UPath: s3://...) fetched whole.
+    source = str(path) if isinstance(path, Path) else path.read_bytes()
     try:
-        return imaging.decode(str(path), what, None, composite)  # no pixel limit: the user's own files
+        return imaging.decode(source, what, None, composite)  # no pixel limit: the user's own files
     except ApiError as e:
         if e.code == "unsupported_image":
             raise CliError(f"cannot identify image file {str(path)!r}: {e.detail}") from None

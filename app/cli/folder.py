@@ -90,12 +90,13 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
             candidates = masks_by_stem.get((folder, iharmony4["mask"]))
         if not candidates:
             expected = f"{path.stem}.*" + (f" or {iharmony4['mask']}.*" if iharmony4 else "")
-            unpaired.append((path, f"no mask named {expected} in {masks / folder}"))
+            unpaired.append((path, f"no mask named {expected} in {masks.joinpath(*folder.parts)}"))
             continue
         if len(candidates) > 1:
             unpaired.append((path, f"several masks could match: {', '.join(p.name for p in candidates)}"))
             continue
-        output = out_dir / folder / (path.stem + (extension or output_extension(path)))
+        # By parts: a UPath (s3://, with --ray) keeps a relative '.' as a path segment where pathlib drops it.
+        output = out_dir.joinpath(*folder.parts, path.stem + (extension or output_extension(path)))
         if output in outputs:
             unpaired.append((path, f"its output {output.name} clashes with that of {outputs[output].name}"))
             continue
@@ -156,6 +157,7 @@ class FolderRun:
         decoding: deque[tuple[FolderJob, Future]] = deque()
         saving: deque[tuple[FolderJob, Future]] = deque()
         batch: list[tuple[FolderJob, Prepared]] = []
+        taken = 0  # jobs of the current batch taken from `decoding`, broken ones included
         exhausted = False
         try:
             while True:
@@ -171,14 +173,18 @@ class FolderRun:
                 # 2. take the next decoded image, in order
                 if decoding:
                     job, future = decoding.popleft()
+                    taken += 1
                     try:
                         batch.append((job, future.result()))
                     except Exception as e:  # any broken file is reported and skipped, never fatal
                         self._fail(job, e)
-                # 3. one forward pass per full batch (or for what is left at the end)
-                if batch and (len(batch) >= self.batch_size or (exhausted and not decoding)):
-                    saving.extend(self._infer(batch))
-                    batch = []
+                # 3. one forward pass per `batch_size` consecutive jobs (or what is left at the end), less the
+                # broken ones: the batches depend on the job list alone, so --ray (ray_batch.Group) runs the same
+                # forward passes, and float sums over other batches cannot move a level of the output
+                if taken and (taken >= self.batch_size or (exhausted and not decoding)):
+                    if batch:
+                        saving.extend(self._infer(batch))
+                    batch, taken = [], 0
                 if exhausted and not decoding and not batch:
                     break
                 if saving and len(decoding) + len(batch) + len(saving) >= self.budget:
@@ -273,7 +279,7 @@ class Report:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="", encoding="utf-8")  # closed by close()
+        self.file = path.open("w", newline="", encoding="utf-8")  # closed by close(); a Path or (--ray) a UPath
         self.writer = csv.writer(self.file)
         self.writer.writerow(self.COLUMNS)
 

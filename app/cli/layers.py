@@ -50,18 +50,25 @@ class LayerJob:
 def load_layer_job(harmonizer, job: LayerJob, feather: float = 0.0, foreground_mask: Path | None = None,
                    box=None) -> Prepared:
     """Decode foreground and background, compose, thumbnail (runs in a worker thread). A bad placement raises
-    model.layers.LayerError naming the manifest's column (x, y, scale)."""
+    model.layers.LayerError naming the manifest's column (x, y, scale). A foreground without a matte (no alpha,
+    no foreground_mask) is a plain photo: its subject is cut out first."""
     from model.layers import compose
+    from model.segmentation import has_matte
+
+    from .masks import find_mask, segmenter_of
 
     start = time.perf_counter()
     decoded = decode_file(job.background, "background", True)  # the output is the background's, ICC profile too
     background, icc_profile = decoded.image, decoded.icc_profile
     foreground = decode_file(job.foreground, "foreground", True).image
     matte = decode_file(foreground_mask, "foreground_mask", False).image if foreground_mask is not None else None
+    cutout = matte is None and not has_matte(foreground)
+    if cutout:
+        matte = find_mask(segmenter_of(harmonizer), foreground, None, job.foreground.name)
     layered = compose(foreground, background, None if box is not None else job.at, job.scale, box, feather, matte,
                       copy=False)
     image, mask, thumbs = harmonizer.prepare(layered.composite, layered.mask)
-    return Prepared(image, mask, thumbs, icc_profile, layered, {"decode": time.perf_counter() - start})
+    return Prepared(image, mask, thumbs, icc_profile, layered, {"decode": time.perf_counter() - start}, cutout)
 
 
 def _layer_extension(background: Path, layer: bool, extension: str | None) -> str:
@@ -85,7 +92,7 @@ def read_manifest(manifest: Path, out_dir: Path, layer: bool,
     out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"-o {str(out_dir)!r} is a file; --layers writes into a folder")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # a Path, or a UPath (s3://) with --ray
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

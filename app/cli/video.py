@@ -2,6 +2,7 @@
 
     s2crnet harmonize-video clip.mp4 --mask matte.mp4 -o out.mp4 [--smoothing 0.5] [--curves-every 2]
     s2crnet harmonize-video --foreground presenter.mov --background studio.jpg --at 40,0 --scale 0.8 -o out.mp4
+    s2crnet harmonize-video clip.mp4 --mask auto --box 100,40,420,360 [--mask-every 5] -o out.mp4
 
 Ctrl-C finishes the frames done so far into a playable OUT.partial.EXT and exits 130; nothing is written at OUT
 until the whole clip is done, and a failure leaves no file.
@@ -42,8 +43,9 @@ def forward_threads() -> int:
     return max(1, cpu_cores() // 2)
 
 
-def add_video_command(commands, model_options: argparse.ArgumentParser, strength, point, positive_int) -> None:
-    """Register `harmonize-video` (the argument types are the parser's own: strength, X,Y point, count)."""
+def add_video_command(commands, model_options: argparse.ArgumentParser, strength, point, positive_int,
+                      box) -> None:
+    """Register `harmonize-video` (the argument types are the parser's own: strength, X,Y point, count, box)."""
     from model.temporal import VideoOptions
     from model.video import DEFAULT_CODEC, DEFAULT_CRF
 
@@ -55,8 +57,14 @@ def add_video_command(commands, model_options: argparse.ArgumentParser, strength
                     "are smoothed over time and restart at scene cuts.")
     video.add_argument("input", nargs="?", help="the composite video")
     video.add_argument("--mask", metavar="MASK",
-                       help="its mask: a video (grey = matte, same frame count) or a folder of per-frame images "
-                            "sorted by name; with --foreground, the foreground's matte")
+                       help="its mask: a video (grey = matte, same frame count), a folder of per-frame images "
+                            "sorted by name, or auto (found, inside --box); with --foreground, the foreground's "
+                            "matte")
+    video.add_argument("--box", type=box, metavar="X0,Y0,X1,Y1",
+                       help="with --mask auto: where the object is, in frame pixels")
+    video.add_argument("--mask-every", type=positive_int, default=5, metavar="N",
+                       help="with --mask auto: find the mask on every N-th frame, held and blended between "
+                            "(default 5)")
     video.add_argument("-o", "--output", required=True, metavar="OUT",
                        help="output video; the container comes from the extension (.mp4, .mov, .mkv, .webm, .avi)")
     layer = video.add_argument_group("layer input", "place a foreground on a background, then harmonize it")
@@ -100,8 +108,17 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
         raise CliError("INPUT needs --mask (a mask video or a folder of per-frame masks)")
     if args.foreground is not None and args.background is None:
         raise CliError("--foreground needs --background (a video, a folder of frames or an image)")
-    for name, path in (("INPUT", args.input), ("--mask", args.mask), ("--foreground", args.foreground),
-                       ("--background", args.background)):
+    auto = args.mask == "auto"
+    if (args.box is not None) and not (auto and args.input is not None):
+        raise CliError("--box goes with INPUT --mask auto: where the object is")
+    if auto and args.input is None:
+        raise CliError("--mask auto finds the object of an INPUT video, not of --foreground")
+    if auto:
+        from .masks import check_segmenter
+
+        check_segmenter()
+    for name, path in (("INPUT", args.input), ("--mask", None if auto else args.mask),
+                       ("--foreground", args.foreground), ("--background", args.background)):
         if path is not None and not Path(path).exists():  # before the model's slow load
             raise CliError(f"{name}: {path} does not exist")
     harmonizer = _load_harmonizer(args)
@@ -120,7 +137,7 @@ def cmd_harmonize_video(args: argparse.Namespace) -> int:
                 output, args.input, args.mask, foreground=args.foreground, background=args.background,
                 at=args.at, scale=args.scale, fps=args.fps, strength=args.strength, smoothing=args.smoothing,
                 curves_every=args.curves_every, cut_threshold=args.cut_threshold, category=args.category,
-                codec=args.codec, crf=args.crf, progress=progress)
+                codec=args.codec, crf=args.crf, progress=progress, box=args.box, mask_every=args.mask_every)
         except VideoInterrupted as e:
             bar.close()
             kept = f"the first {e.frames} frames are in {e.partial} (playable)" if e.partial else "no file written"

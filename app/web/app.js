@@ -11,6 +11,9 @@
  * Downloads ask the server again at the slider's strength, so they are full resolution with ICC profile, and are
  * named after the input (photo.heic → photo_harmonized.jpg). A file the browser cannot decode (TIFF, HEIC) is
  * shown through POST /preview: the server's own decode of it, as PNG.
+ * Masks without painting: a box dragged over the composite asks POST /mask for the object inside it, which
+ * becomes the mask canvas (the brush then refines it); a plain photo (no transparency) chosen as the foreground
+ * is cut out by POST /mask at once, and that matte is sent as its foreground_mask.
  */
 "use strict";
 
@@ -20,7 +23,7 @@ const state = {
   mode: "composite",
   composite: null, // {file, width, height}
   maskFile: null, // the chosen mask file when its size differs from the composite's: sent as is (the API says why)
-  foreground: null, // {file, width, height, matte: Uint8Array}
+  foreground: null, // {file, width, height, matte: Uint8Array, foundMatte: Blob|null (cut out by POST /mask)}
   foregroundMask: null, // File
   background: null, // {file, width, height}
   sent: null, // the inputs of the last run: [[name, value, filename]], reused by the downloads
@@ -195,6 +198,7 @@ async function inputsOfThisRun() {
   const fields = [["foreground", state.foreground.file, state.foreground.file.name],
                   ["background", state.background.file, state.background.file.name]];
   if (state.foregroundMask) fields.push(["foreground_mask", state.foregroundMask, state.foregroundMask.name]);
+  else if (state.foreground.foundMatte) fields.push(["foreground_mask", state.foreground.foundMatte, "matte.png"]);
   for (const name of ["x", "y", "scale", "feather"]) fields.push([name, $(name).value]);
   return {fields, weights: null};
 }
@@ -232,6 +236,7 @@ async function run() {
   delete $("result").dataset.rendered;
   const started = performance.now();
   try {
+    await inputsRead; // a file still being read (a large mask, a cutout being found) is part of this run
     const inputs = await inputsOfThisRun();
     state.sent = inputs.fields;
     const track = uploadTracker(2);
@@ -408,22 +413,85 @@ function setUpBrush() {
     context.lineTo(...to);
     context.stroke();
   };
+  let boxFrom = null; // "drag a box": where the drag began, in composite pixels
   canvas.addEventListener("pointerdown", (event) => {
     canvas.setPointerCapture(event.pointerId);
+    event.preventDefault();
+    if ($("brush-box").checked) {
+      boxFrom = at(event);
+      showBox(boxFrom, boxFrom);
+      return;
+    }
     state.maskFile = null; // painting: the page's mask is what is sent
     last = at(event);
     stroke(last, last);
-    event.preventDefault();
   });
   canvas.addEventListener("pointermove", (event) => {
+    if (boxFrom !== null) {
+      showBox(boxFrom, at(event));
+      return;
+    }
     if (last === null) return;
     const point = at(event);
     stroke(last, point);
     last = point;
   });
-  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { last = null; });
+  canvas.addEventListener("pointerup", (event) => {
+    if (boxFrom !== null) reading(findObject)(boxFrom, at(event));
+    boxFrom = last = null;
+  });
+  canvas.addEventListener("pointercancel", () => {
+    boxFrom = last = null;
+    $("box-outline").hidden = true;
+  });
   $("brush-size").addEventListener("input", () => { $("brush-size-value").textContent = `${$("brush-size").value}%`; });
   $("mask-clear").addEventListener("click", clearMask);
+}
+
+function boxOf(from, to) {
+  // Composite pixels, x1 and y1 exclusive, inside the image.
+  const {width, height} = state.composite;
+  const clamp = (v, top) => Math.min(top, Math.max(0, Math.round(v)));
+  return [clamp(Math.min(from[0], to[0]), width), clamp(Math.min(from[1], to[1]), height),
+          clamp(Math.max(from[0], to[0]), width), clamp(Math.max(from[1], to[1]), height)];
+}
+
+function showBox(from, to) {
+  const [x0, y0, x1, y1] = boxOf(from, to), {width, height} = state.composite, outline = $("box-outline");
+  outline.style.left = `${100 * x0 / width}%`;
+  outline.style.top = `${100 * y0 / height}%`;
+  outline.style.width = `${100 * (x1 - x0) / width}%`;
+  outline.style.height = `${100 * (y1 - y0) / height}%`;
+  outline.hidden = false;
+}
+
+async function askForMask(file, box) {
+  // POST /mask: the object's mask (inside `box`, composite pixels) as the server found it → weights per pixel.
+  const form = new FormData();
+  form.append("composite", file, file.name);
+  if (box) form.append("box", box.join(","));
+  const answer = await post("/mask", form, "blob");
+  return {blob: answer.response, weights: maskWeights(await decodeFile(answer.response))};
+}
+
+async function findObject(from, to) {
+  const box = boxOf(from, to);
+  showError("");
+  setStatus("Finding the object in the box…");
+  try {
+    const {width, height} = state.composite;
+    const found = await askForMask(state.composite.file, box);
+    maskCanvas().getContext("2d").putImageData(greyImageData(found.weights, width, height), 0, 0);
+    state.maskFile = null; // the page's mask canvas is what is sent
+    $("brush-paint").checked = true; // the brush refines what was found
+    $("mask-canvas").dataset.found = box.join(",");
+    setStatus("Found the object: refine the mask with the brush, then harmonize");
+  } catch (error) {
+    setStatus("");
+    showError(error instanceof ApiError ? error.message : `the page failed: ${error}`);
+  } finally {
+    $("box-outline").hidden = true;
+  }
 }
 
 // --- foreground + background, placed by dragging ---------------------------------------------------------------
@@ -433,14 +501,28 @@ async function chooseForeground() {
   state.foregroundMask = maskFile;
   if (!file) return;
   const {image} = await viewable(file);
-  let matte = new Uint8Array(image.width * image.height);
-  for (let i = 0; i < matte.length; i++) matte[i] = image.data[4 * i + 3]; // RGBA: its alpha; RGB: 255
+  let matte = new Uint8Array(image.width * image.height), opaque = true;
+  for (let i = 0; i < matte.length; i++) {
+    matte[i] = image.data[4 * i + 3]; // RGBA: its alpha; RGB: 255
+    opaque = opaque && matte[i] === 255;
+  }
+  let foundMatte = null;
   if (maskFile) {
     const maskImage = (await viewable(maskFile)).image;
     if (maskImage.width === image.width && maskImage.height === image.height) matte = maskWeights(maskImage);
+  } else if (opaque) { // a plain photo: the server cuts its subject out, as POST /harmonize would
+    setStatus("Cutting out the foreground's subject…");
+    try {
+      const found = await askForMask(file, null);
+      [matte, foundMatte] = [found.weights, found.blob];
+      setStatus("The foreground was a plain photo: its subject was cut out automatically");
+    } catch (error) {
+      setStatus("");
+      showError(error instanceof ApiError ? error.message : `the page failed: ${error}`);
+    }
   }
   const firstTime = !state.foreground;
-  state.foreground = {file, width: image.width, height: image.height, matte};
+  state.foreground = {file, width: image.width, height: image.height, matte, foundMatte};
   const shown = $("stage-foreground"); // the cutout as it will be pasted
   shown.width = image.width;
   shown.height = image.height;
@@ -567,13 +649,22 @@ function guarded(handler) {
   return (...args) => handler(...args).catch((error) => showError(`the page failed: ${error}`));
 }
 
+let inputsRead = Promise.resolve(); // the last chosen file's reading (decode, mask, cutout): a run waits for it
+function reading(handler) {
+  return (...args) => {
+    const done = guarded(handler)(...args);
+    inputsRead = inputsRead.then(() => done);
+    return done;
+  };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["mode-composite", "mode-layer"]) $(id).addEventListener("change", chooseMode);
-  $("composite").addEventListener("change", guarded(chooseComposite));
-  $("mask").addEventListener("change", guarded(chooseMask));
-  $("foreground").addEventListener("change", guarded(chooseForeground));
-  $("foreground-mask").addEventListener("change", guarded(chooseForeground));
-  $("background").addEventListener("change", guarded(chooseBackground));
+  $("composite").addEventListener("change", reading(chooseComposite));
+  $("mask").addEventListener("change", reading(chooseMask));
+  $("foreground").addEventListener("change", reading(chooseForeground));
+  $("foreground-mask").addEventListener("change", reading(chooseForeground));
+  $("background").addEventListener("change", reading(chooseBackground));
   $("run").addEventListener("click", run);
   $("strength").addEventListener("input", renderSoon);
   $("divider").addEventListener("input", moveDivider);

@@ -21,9 +21,11 @@ from skimage import color
 from ..config import UNKNOWN, ModelConfig
 from ..iharmony import read_iharmony_labels, read_iharmony_split
 from ..thumbnails import make_thumbnails
+from .kinds import object_kinds
+from .looks import FilmLooks, render_pair
 
 __all__ = ["Pair", "PhotoSource", "IHarmonySource", "HarmonyPairs", "is_validation", "recolour", "lab_to_rgb",
-           "validation_batches", "colour_neighbours", "THING_CATEGORIES", "VAL_SEED"]
+           "validation_batches", "colour_neighbours", "THING_CATEGORIES", "VAL_SEED", "OBJECTS_BUILD"]
 
 VAL_PERCENT = 10
 VAL_SEED = 20211  # fixed: the held-out pairs that training validates on and `s2crnet eval` scores never change
@@ -34,6 +36,8 @@ SIMILAR_DONORS = 20  # a "similar" donor is one of this many photos whose object
 # rest of the manifest's classes are stuff regions (sky, terrain, vegetation, water, building).
 THING_CATEGORIES = frozenset({"person", "animal", "vehicle", "other", UNKNOWN})
 Array = np.ndarray
+OBJECTS_BUILD = ("MIRROR_ROOT=<fetch's snapshot folder> python ../shared/data/objects/build.py --out ../objects "
+                 "--check (after fetching the three snapshots that ../shared/data/objects/README.md names)")
 
 
 def is_validation(photo_id: str) -> bool:
@@ -190,13 +194,19 @@ class PhotoSource:
 
     def __init__(self, manifest: str | Path, split: str = "train", max_side: int = 320,
                  untouched_share: float = UNTOUCHED_SHARE, same_category_share: float = 0.0,
-                 thing_share: float = 0.0, histogram_share: float = 0.0, similar_share: float = 0.0):
+                 thing_share: float = 0.0, histogram_share: float = 0.0, similar_share: float = 0.0,
+                 same_kind_share: float = 0.0, looks: FilmLooks | None = None, render_share: float = 0.0):
         manifest = Path(manifest)
+        if not manifest.exists():
+            raise ValueError(f"photo manifest not found: {manifest}. The object corpus (../objects/manifest.csv) is "
+                             f"built, not stored: {OBJECTS_BUILD}")
         self.untouched_share = untouched_share
         self.same_category_share = same_category_share
         self.thing_share = thing_share  # 0: every photo equally likely as the one recoloured
         self.histogram_share = histogram_share
         self.similar_share = similar_share
+        self.same_kind_share = same_kind_share
+        self.looks, self.render_share = looks, render_share  # HAdobe5k/Hday2night-like pairs (model.training.looks)
         with manifest.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if is_validation(r["id"]) == (split == "val")]
         if not rows:
@@ -212,9 +222,32 @@ class PhotoSource:
             self.by_category.setdefault(category, []).append(i)
         self.things = [i for i, category in enumerate(self.categories) if category in THING_CATEGORIES]
         self.similar = colour_neighbours(self.images, self.masks) if similar_share > 0 else None
+        self.by_kind: dict[str, list[int]] = {}
+        self.kinds: list[str] = []
+        if same_kind_share > 0:
+            self.kinds = object_kinds(self.ids, self.images, self.masks, cache_key=str(manifest.resolve()))
+            for i, kind in enumerate(self.kinds):
+                self.by_kind.setdefault(kind, []).append(i)
 
     def __len__(self):
         return len(self.images)
+
+    def donor(self, rng: np.random.Generator, i: int) -> tuple[int, bool]:
+        """The photo whose colours photo i's object moves toward, and whether it is a peer (an object of the same
+        kind, the same category or a similar colour: then its object is the donor region)."""
+        j = int(rng.integers(len(self)))
+        # HFlickr and HCOCO were made by transferring colour from an object of the same category in another photo;
+        # "kind" is the fine class (ImageNet synset), "category" the coarse one.
+        same_kind = self.same_kind_share > 0 and rng.random() < self.same_kind_share
+        same_category = not same_kind and self.same_category_share > 0 and rng.random() < self.same_category_share
+        similar = not (same_kind or same_category) and self.similar is not None and rng.random() < self.similar_share
+        if not (same_kind or same_category or similar):
+            return j, False
+        peers = (self.by_kind[self.kinds[i]] if same_kind else
+                 self.by_category[self.categories[i]] if same_category else self.similar[i])
+        if len(peers) > 1:  # a kind of one photo has no other object to give colour: any donor then
+            j = peers[int(rng.integers(len(peers)))]
+        return j, True
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
         if self.thing_share > 0 and self.things and rng.random() < self.thing_share:
@@ -222,16 +255,13 @@ class PhotoSource:
         else:
             i = int(rng.integers(len(self)))
         real, mask = _augment(rng, self.images[i], self.masks[i], size)
-        j = int(rng.integers(len(self)))
-        # HFlickr and HCOCO were made by transferring colour from an object of the same category in another photo.
-        same_category = self.same_category_share > 0 and rng.random() < self.same_category_share
-        similar = not same_category and self.similar is not None and rng.random() < self.similar_share
-        if same_category or similar:
-            peers = self.by_category[self.categories[i]] if same_category else self.similar[i]
-            j = peers[int(rng.integers(len(peers)))]
+        if self.looks is not None and rng.random() < self.render_share:
+            composite, real = render_pair(rng, real, mask, self.looks)
+            return Pair(composite, real, mask, self.categories[i])
+        j, peer = self.donor(rng, i)
         donor_image, donor_mask = _augment(rng, self.images[j], self.masks[j], size)
         # Donor region: the other photo's object, its background, or the whole photo.
-        kind = 0 if same_category or similar else rng.integers(3)
+        kind = 0 if peer else rng.integers(3)
         weight = donor_mask if kind == 0 else (255 - donor_mask if kind == 1 else np.full_like(donor_mask, 255))
         donor = (donor_image.astype(np.float32) / 255.0, weight)
         composite = recolour(rng, real, mask, donor, self.untouched_share, self.histogram_share)
@@ -299,17 +329,24 @@ class IHarmonySource:
 class HarmonyPairs(torch.utils.data.Dataset):
     """Index → one training sample, a pure function of (seed, index) over a mix of sources."""
 
-    def __init__(self, sources: list, categories: tuple[str, ...], thumb: int, size: int, seed: int, length: int):
+    def __init__(self, sources: list, categories: tuple[str, ...], thumb: int, size: int, seed: int, length: int,
+                 weights: list[float] | None = None):
         self.sources, self.categories = sources, categories
         self.thumb, self.size, self.seed, self.length = thumb, size, seed, length
+        # How often each source is drawn (None: alike); normalised here so the CLI can take any positive numbers.
+        self.weights = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
 
     def __len__(self):
         return self.length
 
     def pair(self, index: int) -> Pair:
         rng = np.random.default_rng((self.seed, index))
-        source = self.sources[int(rng.integers(len(self.sources)))]
-        return source.sample(rng, self.size)
+        return self.sources[self.draw_source(rng)].sample(rng, self.size)
+
+    def draw_source(self, rng: np.random.Generator) -> int:
+        if self.weights is None:
+            return int(rng.integers(len(self.sources)))
+        return int(rng.choice(len(self.sources), p=self.weights))
 
     def __getitem__(self, index: int):
         pair = self.pair(index)

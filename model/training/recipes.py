@@ -10,6 +10,7 @@ root with `../shared` beside it, as on the development machines and in CI.
 __all__ = ["RECIPES", "recipe_defaults"]
 
 SHARED = "../shared/data"
+OBJECTS = "../objects/manifest.csv"  # the object corpus, built beside the checkout (model.training.data.OBJECTS_BUILD)
 
 RECIPES: dict[str, dict] = {
     # ImageNet EfficientNet-Lite0 with its last two blocks and head fine-tuned at a fifth of the rate; harm-weighted
@@ -19,6 +20,14 @@ RECIPES: dict[str, dict] = {
         "photos": [f"{SHARED}/photos/manifest.csv"], "val_real": [f"{SHARED}/iharmony4_val"],
         "backbone": "efficientnet_lite0", "trainable_blocks": 3, "backbone_lr_scale": 0.2,
         "steps": 2500, "stop_step": 1000, "warmup": 200, "val_every": 250,
+        "harm_weight": 1.0, "same_category_share": 0.0, "untouched_share": 0.2, "threads": 2, "max_minutes": 115.0,
+    },
+    # lite0-real on today's photos and the 12,845-photo object corpus, drawn alike, over its full 2,500 steps: the
+    # baseline that each generator lever (--render-share, --same-kind-share) is measured against.
+    "lite0-objects": {
+        "photos": [f"{SHARED}/photos/manifest.csv", OBJECTS], "val_real": [f"{SHARED}/iharmony4_val"],
+        "backbone": "efficientnet_lite0", "trainable_blocks": 3, "backbone_lr_scale": 0.2,
+        "steps": 2500, "warmup": 200, "val_every": 250, "looks": f"{SHARED}/luts/film_luts.npz",
         "harm_weight": 1.0, "same_category_share": 0.0, "untouched_share": 0.2, "threads": 2, "max_minutes": 115.0,
     },
 }

@@ -32,6 +32,7 @@ from ..network import S2CRNet, count_parameters
 from ..weights import load_initial_weights, save_weights
 from .batch_norm import batch_norm_thumbnails, recompute_batch_norm
 from .data import UNTOUCHED_SHARE, HarmonyPairs, IHarmonySource, PhotoSource, validation_batches
+from .looks import FilmLooks
 from .losses import PER_IMAGE_LOSSES, Discriminator, harm, masked_loss, mismatch_weights
 from .pretrained import load_imagenet_weights
 from .quality import RealTriples, estimate_quality, selection_key
@@ -64,6 +65,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--histogram-share", type=float, default=0.0,
                    help="share of statistics transfers that match the donor's whole per-channel histogram "
                         "instead of its mean and spread")
+    g.add_argument("--same-kind-share", type=float, default=0.0,
+                   help="share of pairs whose colour donor is another object of the same kind (ImageNet synset from "
+                        "the file name, else the ImageNet classifier's label of the object crop), as HFlickr/HCOCO")
+    g.add_argument("--looks", type=Path, default=None,
+                   help="film and camera 3D LUTs (../shared/data/luts/film_luts.npz) for --render-share")
+    g.add_argument("--render-share", type=float, default=0.0,
+                   help="share of pairs made as HAdobe5k/Hday2night were: the object pasted from another rendering "
+                        "of the same photo (film look, exposure, white balance, time of day); needs --looks")
+    g.add_argument("--source-weights", type=float, nargs="+", default=None,
+                   help="how often each --photos source is drawn, in their order (default: alike)")
     g.add_argument("--val-real", type=Path, action="append", default=[],
                    help="iHarmony4-format folder of real triples to validate and choose checkpoints on "
                         "(never trained on); repeatable")
@@ -144,9 +155,13 @@ def param_groups(net: S2CRNet, backbone_lr_scale: float) -> list[dict]:
 
 
 def training_sources(args) -> list:
+    if args.render_share > 0 and args.looks is None:
+        raise ValueError("--render-share needs --looks PATH (../shared/data/luts/film_luts.npz)")
+    looks = FilmLooks(args.looks) if args.render_share > 0 else None
     sources = [PhotoSource(m, "train", untouched_share=args.untouched_share,
                            same_category_share=args.same_category_share, thing_share=args.thing_share,
-                           histogram_share=args.histogram_share, similar_share=args.similar_share)
+                           histogram_share=args.histogram_share, similar_share=args.similar_share,
+                           same_kind_share=args.same_kind_share, looks=looks, render_share=args.render_share)
                for m in args.photos]
     sources += [IHarmonySource(root, "train") for root in args.iharmony]
     if not sources:
@@ -207,8 +222,11 @@ def run(args) -> dict:
     log.info("model %s, %d parameters, device %s", config, count_parameters(net), device)
 
     # 2. Data: a deterministic stream of samples indexed by position, so resuming picks up the same order
-    train_set = HarmonyPairs(training_sources(args), config.categories, config.thumb, args.size,
-                             args.seed, args.steps * args.batch_size)
+    sources = training_sources(args)
+    if args.source_weights is not None and len(args.source_weights) != len(sources):
+        raise ValueError(f"--source-weights gives {len(args.source_weights)} numbers for {len(sources)} sources")
+    train_set = HarmonyPairs(sources, config.categories, config.thumb, args.size,
+                             args.seed, args.steps * args.batch_size, weights=args.source_weights)
     val = validation_batches(args.photos, args.iharmony, config, args.size, args.val_samples)
     real = RealTriples(args.val_real, config.thumb) if args.val_real else None
     norm_thumbs = batch_norm_thumbnails(train_set.sources, config, args.size, args.seed + 1) if ema else []

@@ -5,7 +5,7 @@ same inputs at the same strength.
 
 A missing browser fails these tests with what to install: CI installs it, and a skip there would hide a broken CI
 image behind a green run. S2CRNET_SKIP_BROWSER_TESTS=1 skips them on purpose (a developer machine without it).
-S2CRNET_PAGE_SCREENSHOT=docs/page.png also writes the README's screenshot (of a generated scene).
+The README's screenshot (S2CRNET_PAGE_SCREENSHOT) is test_page_masks.py's: a real composite, its mask found.
 """
 
 import base64
@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import time
-from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -278,7 +277,7 @@ def test_a_4096_square_upload_shows_progress_and_downloads_full_size(page, tmp_p
 
 
 def test_a_screenshot_of_a_generated_scene(page, tmp_path):
-    """A synthetic scene (no photo from ../shared), for the README: a warm-cast object on a cool evening scene."""
+    """A synthetic scene (no photo from ../shared): a warm-cast object on a cool evening scene."""
     width, height = 640, 420
     y = np.linspace(0, 1, height)[:, None, None]
     scene = (np.array([70, 110, 170]) * (1 - y) + np.array([40, 70, 60]) * y) * np.ones((height, width, 3))
@@ -298,12 +297,6 @@ def test_a_screenshot_of_a_generated_scene(page, tmp_path):
     page.save_screenshot(str(tmp_path / "page.png"))
     shot = Image.open(tmp_path / "page.png")
     assert shot.width >= 800
-    target = os.environ.get("S2CRNET_PAGE_SCREENSHOT")
-    if target:  # the README's screenshot: small, palette PNG
-        buffer = BytesIO()
-        shot.convert("RGB").resize((shot.width // 2, shot.height // 2), Image.Resampling.LANCZOS).quantize(
-            128).save(buffer, "PNG", optimize=True)
-        Path(target).write_bytes(buffer.getvalue())
 
 
 @pytest.mark.parametrize(("path", "operation"), [

@@ -9,7 +9,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import PHOTOS, REAL_VAL, SAMPLES, make_iharmony_fixture, photo_and_mask, real_pair, tiny_manifest
+from helpers import (
+    DATA,
+    PHOTOS,
+    REAL_VAL,
+    SAMPLES,
+    make_iharmony_fixture,
+    photo_and_mask,
+    real_pair,
+    tiny_manifest,
+    write_manifest,
+)
+from PIL import Image
 
 from model import CATEGORIES, Harmonizer, ModelConfig, S2CRNet
 from model.harmonizer import save_weights
@@ -505,3 +516,137 @@ def test_shipped_weights_beat_doing_nothing_on_real_composites():
     assert summary["S2CRNet"]["fmse"] < summary["do nothing"]["fmse"]
     worse = [row["name"] for row in rows if row["S2CRNet"]["mse"] > 1.2 * row["do nothing"]["mse"]]
     assert len(worse) <= 2, f"real composites made more than 20% worse than doing nothing: {worse}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The object corpus and the iHarmony4-like levers (issue 29)
+LUTS = DATA / "luts" / "film_luts.npz"
+
+
+def _synset_manifest(tmp_path, kinds: dict[str, tuple[int, int, int]], per_kind: int = 4):
+    """An objects-format manifest: per synset, `per_kind` photos of a grey scene with an object of that colour."""
+    (tmp_path / "duts" / "images").mkdir(parents=True)
+    (tmp_path / "duts" / "masks").mkdir(parents=True)
+    rows = []
+    for synset, rgb in kinds.items():
+        for k in range(per_kind):
+            stem = f"{synset}_{k}"
+            image = np.full((48, 64, 3), 128, np.uint8)
+            image[12:36, 16:48] = rgb
+            mask = np.zeros((48, 64), np.uint8)
+            mask[12:36, 16:48] = 255
+            Image.fromarray(image).save(tmp_path / "duts" / "images" / f"{stem}.jpg", quality=95)
+            Image.fromarray(mask).save(tmp_path / "duts" / "masks" / f"{stem}.png")
+            rows.append({"id": f"duts/{stem}", "source": "DUTS-TR", "image": f"duts/images/{stem}.jpg",
+                         "mask": f"duts/masks/{stem}.png", "width": 64, "height": 48, "object": "salient object",
+                         "category": "unknown", "mask_fraction": 0.25})
+    return write_manifest(tmp_path / "manifest.csv", rows)
+
+
+def test_the_object_corpus_reads_as_a_photo_manifest_and_a_missing_one_says_how_to_build_it(tmp_path):
+    manifest = _synset_manifest(tmp_path, {"n01440764": (200, 40, 40), "n02085620": (40, 40, 200)}, per_kind=6)
+    train = PhotoSource(manifest, "train")
+    held_out = [f"duts/{s}_{k}" for s in ("n01440764", "n02085620") for k in range(6) if is_validation(f"duts/{s}_{k}")]
+    assert len(train) == 12 - len(held_out) and not set(held_out) & set(train.ids)
+    assert all(im.shape == (48, 64, 3) and m.shape == (48, 64) for im, m in zip(train.images, train.masks,
+                                                                               strict=True))
+    pair = train.sample(np.random.default_rng(0), 32)
+    assert pair.composite.shape == (32, 32, 3) and pair.mask.shape == (32, 32)
+    with pytest.raises(ValueError, match="build.py --out ../objects"):
+        PhotoSource(tmp_path / "missing" / "manifest.csv")
+
+
+def test_same_kind_donors_are_other_objects_of_the_photos_synset(tmp_path):
+    from model.training.kinds import object_kinds, synset_of
+
+    assert synset_of("duts/n01440764_10029") == "n01440764" and synset_of("ecssd/0001") is None
+    manifest = _synset_manifest(tmp_path, {"n01440764": (200, 40, 40), "n02085620": (40, 40, 200),
+                                           "n07747607": (230, 150, 20)})
+    source = PhotoSource(manifest, "train", same_kind_share=1.0)
+    assert source.kinds == object_kinds(source.ids, source.images, source.masks)
+    assert set(source.kinds) <= {"n01440764", "n02085620", "n07747607"}
+    rng = np.random.default_rng(0)
+    for i in range(len(source)):
+        for _ in range(5):
+            j, peer = source.donor(rng, i)
+            assert peer
+            if len(source.by_kind[source.kinds[i]]) > 1:
+                assert source.kinds[j] == source.kinds[i]
+    # Without the lever, donors come from any photo.
+    anyone = PhotoSource(manifest, "train")
+    drawn = {anyone.ids[anyone.donor(rng, 0)[0]].split("_")[0] for _ in range(60)}
+    assert len(drawn) == 3
+
+
+def test_objects_without_a_synset_are_labelled_by_the_imagenet_classifier(tmp_path, monkeypatch):
+    from model.training import kinds
+
+    monkeypatch.setattr(kinds, "CACHE_DIR", tmp_path / "cache")
+    _, real, mask = photo_and_mask(0, 96)
+    ids = ["ecssd/0001", "ecssd/0002", "duts/n01440764_1"]
+    labels = kinds.object_kinds(ids, [real, real[:, ::-1].copy(), real], [mask, mask[:, ::-1].copy(), mask])
+    assert labels[2] == "n01440764"
+    assert all(label.startswith("imagenet-") and 0 <= int(label.split("-")[1]) < 1000 for label in labels[:2])
+    assert list((tmp_path / "cache").glob("kinds-*.json")), "labels are cached"
+    assert kinds.object_kinds(ids, [real, real[:, ::-1].copy(), real], [mask, mask[:, ::-1].copy(), mask]) == labels
+
+
+def test_film_looks_apply_trilinearly_and_the_identity_lut_changes_nothing(tmp_path):
+    from model.training.looks import FilmLooks
+
+    grid = np.linspace(0, 255, 33)
+    b, g, r = np.meshgrid(grid, grid, grid, indexing="ij")
+    identity = np.stack([r, g, b], -1)
+    swap = np.stack([b, g, r], -1)  # red and blue exchanged
+    np.savez(tmp_path / "luts.npz", luts=np.rint(np.stack([identity, swap])).astype(np.uint8),
+             names=np.array(["identity", "swap"]))
+    looks = FilmLooks(tmp_path / "luts.npz")
+    x = np.random.default_rng(0).random((20, 20, 3), dtype=np.float32)
+    assert np.abs(looks.apply(0, x) - x).max() < 1 / 255 + 1e-6
+    assert np.abs(looks.apply(1, x) - x[..., ::-1]).max() < 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="film looks not found"):
+        FilmLooks(tmp_path / "none.npz")
+
+
+def test_rendered_pairs_paste_the_object_from_another_rendering_of_the_same_photo():
+    from model.training.looks import FilmLooks, render_pair
+
+    looks = FilmLooks(LUTS)
+    changed_inside, changed_real = 0, 0
+    for seed in range(30):
+        rng, photo, mask = photo_and_mask(seed, 64)
+        composite, real = render_pair(rng, photo, mask, looks)
+        assert composite.dtype == real.dtype == np.uint8 and composite.shape == real.shape == photo.shape
+        assert np.array_equal(composite[mask == 0], real[mask == 0]), "the background is the real image's"
+        changed_inside += int(np.abs(composite[mask == 255].astype(int) - real[mask == 255]).mean() > 2)
+        changed_real += int(not np.array_equal(real, photo))
+    assert changed_inside >= 25  # nearly every pair needs correcting
+    assert 5 <= changed_real <= 25  # the real image is itself another rendering about half the time
+
+
+def test_render_share_sets_how_many_training_pairs_are_rendered(tmp_path):
+    from model.training.looks import FilmLooks
+
+    manifest = tiny_manifest(tmp_path)
+    looks = FilmLooks(LUTS)
+
+    def rendered(share: float) -> int:
+        source = PhotoSource(manifest, "train", looks=looks, render_share=share, untouched_share=1.0)
+        return sum(not np.array_equal(p.composite, p.real)
+                   for p in (source.sample(np.random.default_rng(s), 32) for s in range(30)))
+
+    # untouched_share=1 leaves every recoloured pair alone, so what changes is what was rendered.
+    assert rendered(0.0) == 0
+    assert 20 <= rendered(1.0) <= 30
+    assert 0 < rendered(0.5) < rendered(1.0)
+
+
+def test_source_weights_set_how_often_each_manifest_is_drawn(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sources = [PhotoSource(tiny_manifest(tmp_path / "a"), "train"), PhotoSource(tiny_manifest(tmp_path / "b"), "train")]
+    pairs = HarmonyPairs(sources, CATEGORIES, 32, 32, seed=0, length=400, weights=[3, 1])
+    firsts = sum(pairs.draw_source(np.random.default_rng((0, i))) == 0 for i in range(400))
+    assert 260 <= firsts <= 340  # about three in four
+    alike = HarmonyPairs(sources, CATEGORIES, 32, 32, seed=0, length=400)
+    assert 160 <= sum(alike.draw_source(np.random.default_rng((0, i))) == 0 for i in range(400)) <= 240
