@@ -18,20 +18,22 @@ log = logging.getLogger(__name__)
 
 # code → (status, when): the README's error table is checked against this.
 ERROR_CODES: dict[str, tuple[int, str]] = {
-    "bad_request": (400, "the body is not valid multipart/form-data (JSON, text, a raw image, urlencoded, ...)"),
+    "bad_request": (400, "the body is not valid multipart/form-data (JSON, text, a raw image, urlencoded, ...), "
+                    "or it was cut off before its closing boundary"),
     "corrupt_image": (400, "the composite or mask is truncated or corrupt"),
     "unauthorized": (401, "an API key is set and the request lacks `Authorization: Bearer <key>`"),
     "not_found": (404, "no such path"),
     "method_not_allowed": (405, "wrong HTTP method for the path"),
-    "not_acceptable": (406, "the `Accept` header allows none of image/jpeg, image/png, image/webp (or not `format`)"),
+    "not_acceptable": (406, "the `Accept` header allows none of image/jpeg, image/png, image/webp, image/avif (or "
+                       "not `format`)"),
     "header_timeout": (408, "the request line and headers took longer than `header_timeout_s`"),
     "upload_timeout": (408, "the upload took longer than `request_timeout_s`"),
     "payload_too_large": (413, "the body is over `max_upload_bytes` (checked while reading, chunked too)"),
     "image_too_large": (413, "the composite or mask has more than `max_pixels` pixels (from its header)"),
-    "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF"),
+    "unsupported_image": (415, "not an image, or a format outside JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF, AVIF"),
     "missing_field": (422, "a required form part is missing (`composite` + `mask`, or `foreground` + `background`)"),
     "invalid_field": (422, "a form field has a bad value (`format`, `quality`, `strength`, `output`, a file sent as "
-                      "text, a form field sent in the query string, ...)"),
+                      "text, a part sent twice, a form field sent in the query string, ...)"),
     "mixed_inputs": (422, "parts of both forms were sent: `composite`/`mask` and `foreground`/`background`/placement"),
     "invalid_placement": (422, "`x`, `y`, `scale`, `box` or `feather` cannot work: the foreground lands outside "
                           "the background, `scale` ≤ 0, over `max_pixels` once scaled, `box` with x1 ≤ x0, ..."),
@@ -100,9 +102,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         problems.append(f"{field or 'body'}: {error.get('msg', 'invalid')}")
     detail = "; ".join(problems) or "the request is invalid"
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if missing and media_type != "multipart/form-data" and all(e.get("type") == "missing" for e in exc.errors()):
-        # Nothing was found because the body is not a form at all (JSON, text, a raw image, urlencoded without
-        # our fields): that is a malformed request, not a form with a part left out.
+    if media_type != "multipart/form-data" and request.method == "POST":
+        # The body is not a multipart form at all (JSON, text, a raw image, urlencoded — whose fields are text,
+        # never files): a malformed request, whatever the field-by-field errors say.
         return error_response(400, "bad_request", f"the body is {media_type or 'without a Content-Type'}; send "
                               "multipart/form-data with file parts `composite` and `mask` (curl -F)")
     return error_response(422, "missing_field" if missing else "invalid_field", detail)

@@ -10,16 +10,17 @@ sent — with a composite, `box` says where the object is; with layer input, whe
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import File, Form, UploadFile
+from fastapi import File, Form, Request, UploadFile
 
 from model.layers import LayerError, parse_box
 
 from .errors import ApiError
+from .imaging import OUTPUT_FORMATS
 from .masking import AUTO, parse_box_field
 
-__all__ = ["InputForm", "layer_api_error", "read_form",
-           "BoxField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile", "OutputField",
-           "ScaleField", "StrengthField", "XField", "YField"]
+__all__ = ["CURVES_FORMATS", "InputForm", "check_body", "layer_api_error", "read_form",
+           "BoxField", "CurvesFormatField", "FeatherField", "ForegroundFile", "ForegroundMaskFile", "BackgroundFile",
+           "ImageFormatField", "OutputField", "ScaleField", "StrengthField", "XField", "YField"]
 
 OptionalFile = UploadFile | None
 ForegroundFile = Annotated[OptionalFile, File(description="layer input: the object to place, RGBA (alpha = its "
@@ -42,6 +43,13 @@ StrengthField = Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False, de
                                              "curves' change to apply, 0-1 (default: the weights' own)")]
 OutputField = Annotated[Literal["image", "layer"], Form(description="image: the flattened result; layer: the "
                                                                     "harmonized foreground as RGBA (layer input)")]
+# Formats as strings, checked by app.imaging.format_name: any case, and aliases (jpg); the schema lists our names.
+CURVES_FORMATS = ("json", "cube")
+ImageFormatField = Annotated[str | None, Form(description="jpeg (or jpg), png, webp or avif, in any case "
+                                                          "(default: the composite's own, else jpeg)",
+                                              json_schema_extra={"enum": list(OUTPUT_FORMATS)})]
+CurvesFormatField = Annotated[str, Form(description="json or cube, in any case",
+                                        json_schema_extra={"enum": list(CURVES_FORMATS)})]
 
 _PLACEMENT = ("x", "y", "scale", "box", "feather")
 
@@ -108,6 +116,27 @@ def read_form(composite: UploadFile | None, mask: UploadFile | str | None, foreg
         raise layer_api_error(e) from None
     return InputForm(True, foreground=foreground, foreground_mask=foreground_mask, background=background, at=at,
                      scale=scale, box=parsed_box, feather=feather or 0.0)
+
+
+async def check_body(request: Request) -> None:
+    """What FastAPI's form parsing lets through: a multipart body cut off before its closing boundary (a client
+    or proxy that stopped mid-file) is a 400, not a form with parts missing; a part sent twice is a 422, not one
+    of the two chosen silently."""
+    content_type = request.headers.get("content-type", "")
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != "multipart/form-data":
+        return
+    boundary = next((value.strip().strip('"') for name, _, value in (p.partition("=") for p in params.split(";"))
+                     if name.strip().lower() == "boundary"), "")
+    tail = request.scope.get("state", {}).get("body_tail")
+    if boundary and tail is not None and f"--{boundary}--".encode("latin-1") not in tail:
+        raise ApiError(400, "bad_request", "the multipart body ends before its closing boundary: the upload was "
+                       "cut off (send the whole body; curl -F does)")
+    names = [name for name, _ in (await request.form()).multi_items()]  # parsed already: FastAPI's cached form
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ApiError(422, "invalid_field", f"{', '.join(repeated)}: sent {names.count(repeated[0])} times; "
+                       "send each part once")
 
 
 def layer_api_error(error: LayerError) -> ApiError:

@@ -19,7 +19,7 @@ from model import modes
 from .errors import ApiError
 
 __all__ = ["Decoded", "Reduced", "INPUT_FORMATS", "OUTPUT_FORMATS", "acceptable_formats", "decode", "decode_opened",
-           "decode_reduced", "check_jpeg", "encode", "open_image", "output_format_for"]
+           "decode_reduced", "check_jpeg", "encode", "format_name", "open_image", "output_format_for"]
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,14 @@ log = logging.getLogger(__name__)
 # import elsewhere can have flipped it).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")  # what pipelines send; anything else → 415
+# what pipelines and phones send (HEIF: pillow-heif, registered by model.inputs; AVIF: Pillow's own); else → 415
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF", "AVIF")
 # request name → (Pillow format, media type)
-OUTPUT_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
-_MAX_SIDE = {"jpeg": 65535, "webp": 16383}  # the formats' own limits (PNG's, 2^31, is past max_pixels)
+OUTPUT_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp"),
+                  "avif": ("AVIF", "image/avif")}
+FORMAT_ALIASES = {"jpg": "jpeg"}  # other names a client may give a format (in any case)
+_MAX_SIDE = {"jpeg": 65535, "webp": 16383, "avif": 65536}  # the formats' own limits (PNG's, 2^31, is past max_pixels)
+AVIF_SPEED = 8  # libavif's 0 (slowest) to 10: 8 encodes 2048² in about WebP's time; its default, 6, takes 5×
 
 
 PNG_COMPRESS_LEVEL = 1  # zlib level of PNG output, service and CLI: Pillow's 6 takes ~3× as long for ~10% less
@@ -39,7 +43,7 @@ PNG_COMPRESS_LEVEL = 1  # zlib level of PNG output, service and CLI: Pillow's 6 
 @dataclass
 class Decoded:
     image: Image.Image  # EXIF orientation applied; composite: RGB or RGBA, mask: any mode the model accepts
-    format: str | None  # "jpeg", "png" or "webp" when the source was one of those, else None
+    format: str | None  # "jpeg", "png", "webp" or "avif" when the source was one of those, else None
     icc_profile: bytes | None  # kept only when it describes RGB data (a CMYK or grey profile would lie)
 
 
@@ -191,6 +195,19 @@ def _apply_exif_orientation(image: Image.Image, what: str) -> None:
         log.info("ignoring the %s's unreadable EXIF orientation: %r", what, e)
 
 
+def format_name(value: str | None, names) -> str | None:
+    """A format as a client wrote it ("JPG", "Png") → our name for it among `names`, or a 422 that lists them."""
+    if value is None:
+        return None
+    name = value.strip().lower()
+    name = FORMAT_ALIASES.get(name, name)
+    if name not in names:
+        aliases = {ours: alias for alias, ours in FORMAT_ALIASES.items()}
+        listed = ", ".join(f"{n} ({aliases[n]})" if n in aliases else n for n in names)
+        raise ApiError(422, "invalid_field", f"format: {value[:40]!r} is not one of {listed}")
+    return name
+
+
 def output_format_for(requested: str | None, source: str | None, has_alpha: bool = False) -> str:
     """The request's format, else the composite's own (when JPEG/PNG/WebP), else PNG when the image has alpha
     (a TIFF or GIF with transparency: JPEG would drop it silently), else jpeg."""
@@ -228,7 +245,7 @@ def acceptable_formats(accept: str | None) -> list[str] | None:
 
 
 FORMATS_WITHOUT_ALPHA = {"JPEG", "BMP"}  # Pillow format names
-FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF"}
+FORMATS_WITH_ICC = {"JPEG", "PNG", "WEBP", "TIFF", "AVIF"}
 
 
 def save_options(image: Image.Image, pillow_format: str, quality: int, icc_profile: bytes | None,
@@ -239,8 +256,10 @@ def save_options(image: Image.Image, pillow_format: str, quality: int, icc_profi
     if pillow_format in FORMATS_WITHOUT_ALPHA and image.mode != "RGB":
         image = image.convert("RGB")
     params: dict = {}
-    if pillow_format in ("JPEG", "WEBP"):
+    if pillow_format in ("JPEG", "WEBP", "AVIF"):
         params["quality"] = quality
+    if pillow_format == "AVIF":
+        params["speed"] = AVIF_SPEED
     elif pillow_format == "PNG":
         params["compress_level"] = png_compress_level
     if icc_profile and pillow_format in FORMATS_WITH_ICC:
@@ -250,7 +269,7 @@ def save_options(image: Image.Image, pillow_format: str, quality: int, icc_profi
 
 def encode(image: Image.Image, fmt: str, quality: int, png_compress_level: int,
            icc_profile: bytes | None) -> tuple[memoryview, str]:
-    """Encode to fmt ("jpeg", "png", "webp") → (bytes view, media type). JPEG has no alpha: it is dropped."""
+    """Encode to fmt (an OUTPUT_FORMATS name) → (bytes view, media type). JPEG has no alpha: it is dropped."""
     pillow_format, media_type = OUTPUT_FORMATS[fmt]
     width, height = image.size
     if max(width, height) > _MAX_SIDE.get(fmt, max(width, height)):

@@ -55,9 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(stop, service)
 
     # redirect_slashes=False: POST /harmonize/ would get a body-less 307, which `curl -f` takes for success
+    # docs_url, redoc_url: served by app.page from local files (FastAPI's load from CDNs)
     app = FastAPI(title="S²CRNet harmonization service", version=model.__version__, lifespan=lifespan,
                   description="Recolours the masked object of a composite so it matches the background.",
-                  redirect_slashes=False)
+                  redirect_slashes=False, docs_url=None, redoc_url=None)
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=service)

@@ -15,7 +15,8 @@ STAGES = ("decode", "compose", "thumbnail", "queue", "infer", "render", "encode"
 OVERLAPPED_STAGES = ("decode_full",)
 # Masks without painting only (mask=auto, POST /mask, a plain-photo foreground): U²-Netp on its own threads.
 SEGMENT_STAGES = ("segment",)
-ENDPOINTS = ("/harmonize", "/curves", "/mask", "/healthz", "/readyz", "/metrics", "/info", "/docs", "/openapi.json")
+ENDPOINTS = ("/harmonize", "/curves", "/mask", "/preview", "/healthz", "/readyz", "/metrics", "/info", "/docs",
+             "/openapi.json")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)  # 1 ms … 60 s
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)

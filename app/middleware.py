@@ -1,10 +1,15 @@
 """The one ASGI middleware: request ids, request metrics and access lines, and the gate in front of the work endpoints.
 
-Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize and /curves it
+Pure ASGI (no BaseHTTPMiddleware) so it sees the body as it streams in. For POST /harmonize, /curves and /preview it
 answers at once, before a byte of the body is read: 401 without the bearer token, 503 while draining,
 503 + Retry-After when `max_queue` requests are already in flight, 413 for a declared Content-Length over the
 limit; then it counts body bytes as they arrive (chunked uploads too) and stops the upload with 413 past the
 limit.
+
+Any answer that starts before the request's body has been read to its end (a 400 for a garbled form, the
+gate's 401/413/422/503, a 404 or 405 that never reads) carries `Connection: close`: uvicorn would otherwise
+read and discard the rest of the body to keep the connection alive, without the upload limit or deadline, for
+as long as the client sends (an endless chunked body holds a connection and a core forever).
 """
 
 import asyncio
@@ -29,8 +34,9 @@ __all__ = ["ServiceMiddleware", "WORK_PATHS"]
 
 log = logging.getLogger(__name__)
 
-WORK_PATHS = ("/harmonize", "/curves", "/mask")
+WORK_PATHS = ("/harmonize", "/curves", "/mask", "/preview")
 FORM_FIELDS = {"format", "quality", "category"}  # the work endpoints' form fields: never read from the query
+BODY_TAIL_BYTES = 1024  # the end of a work request's body, kept for app.forms: a multipart body must close there
 RETRY_AFTER_S = "1"  # a full queue drains in well under a second per request on the benchmark machine
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -51,20 +57,31 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = REQUEST_ID.set(request_id)  # every line logged for this request carries its id
         status = 500  # what the client saw if the app dies before answering
+        body_pending = "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
+
+        async def receive_tracked() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_pending = False
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-ID"] = request_id
+                if body_pending:  # the unread rest of the body must not be read after the answer: close
+                    response_headers["Connection"] = "close"
             await send(message)
 
         endpoint = self.service.metrics.endpoint_label(scope["path"])
         try:
             if scope["path"] in WORK_PATHS and scope["method"] == "POST":
-                await self._gated(scope, receive, send_with_id, headers)
+                await self._gated(scope, receive_tracked, send_with_id, headers)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_tracked, send_with_id)
         finally:
             metrics = self.service.metrics
             metrics.requests.labels(endpoint, str(status)).inc()
@@ -87,9 +104,10 @@ class ServiceMiddleware:
             upload_deadline = time.monotonic() + upload_timeout
             received = 0
             body_done = False
+            tail = b""
 
             async def receive_with_limit() -> Message:
-                nonlocal received, body_done
+                nonlocal received, body_done, tail
                 if body_done:  # later receives only wait for a disconnect: no deadline on those
                     return await receive()
                 try:
@@ -99,8 +117,12 @@ class ServiceMiddleware:
                     raise ApiError(408, "upload_timeout", f"the upload took longer than {upload_timeout} s",
                                    {"Connection": "close"}) from None
                 if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
+                    chunk = message.get("body", b"")
+                    received += len(chunk)
+                    tail = (tail + chunk)[-BODY_TAIL_BYTES:]
                     body_done = not message.get("more_body", False)
+                    if body_done:
+                        scope["state"]["body_tail"] = tail
                     if received > limit:
                         raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes",
                                        {"Connection": "close"})

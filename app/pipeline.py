@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request, UploadFile
 
 from model import Curves
-from model.inputs import check_mask, mask_to_pil
+from model.inputs import check_mask, check_not_swapped, mask_to_pil
 from model.layers import Layered, LayerError, compose, cut_layer
 from model.segmentation import has_matte
 from model.thumbnails import reduced_scale, thumbnail_array
@@ -25,7 +25,7 @@ from .forms import InputForm, layer_api_error
 from .middleware import RETRY_AFTER_S
 from .service import Service
 
-__all__ = ["Prediction", "find_mask", "predict", "render_and_encode", "with_deadline"]
+__all__ = ["Prediction", "find_mask", "predict", "preview", "render_and_encode", "with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def _thumbnails_from_reduced(service: Service, opened, reduced: imaging.Reduced,
     small for the first (whole-image) scale is decoded again, finer (model/thumbnails.py's reduced_scale)."""
     _check_sizes(reduced.size, mask.image.size)
     try:
+        check_not_swapped(reduced.image, mask.image)
         mask_image = mask_to_pil(mask.image)
         check_mask(reduced.size, mask_image)
     except ValueError as e:  # the model's sentence: empty mask, mask without background
@@ -348,6 +349,16 @@ async def render_and_encode(service: Service, timings: dict, prediction: Predict
     with service.stage(timings, "encode"):
         return await service.run_blocking(imaging.encode, out, fmt, quality or settings.default_quality,
                                           settings.png_compress_level, prediction.decoded.icc_profile)
+
+
+async def preview(service: Service, part: UploadFile) -> bytes:
+    """An image decoded as every request decodes it (limits, EXIF orientation, 8-bit RGB or RGBA) → PNG, for
+    a client that cannot decode a TIFF or HEIC itself (the page shows it and paints the mask on it)."""
+    async with AsyncExitStack() as stack:
+        (decoded,) = await _decode_parts(service, [(part, "image", True)], stack)
+        body, _ = await service.run_blocking(imaging.encode, decoded.image, "png", service.settings.default_quality,
+                                             service.settings.png_compress_level, None)
+        return bytes(body)
 
 
 def _raise_first(outcomes: list) -> None:

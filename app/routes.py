@@ -6,7 +6,7 @@ never does. create_app (app/main.py) includes both.
 
 import time
 from contextlib import AsyncExitStack
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -17,7 +17,7 @@ import model
 from . import forms, imaging, masking
 from .errors import ApiError, ErrorBody, error_response
 from .forms import read_form
-from .pipeline import find_mask, predict, render_and_encode, with_deadline
+from .pipeline import find_mask, predict, preview, render_and_encode, with_deadline
 from .service import Service
 
 __all__ = ["api", "ops", "ServiceDep", "CUTOUT_HEADER", "MISMATCH_HEADER"]
@@ -31,7 +31,8 @@ async def _service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(_service)]
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 406, 408, 413, 415, 422, 503, 504)}
 # composite + mask, or the layer form (app.forms): each part is optional, and read_form checks the combination.
-CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF)")]
+CompositeFile = Annotated[UploadFile | None, File(description="the composite (JPEG, PNG, WebP, TIFF, BMP, GIF, "
+                                                              "HEIC/HEIF, AVIF)")]
 MaskFile = Annotated[UploadFile | str | None, File(description="mask of the same size (value/255 = foreground "
                                                                "weight), or the text `auto`: the object is found, "
                                                                "inside `box` when given (x0,y0,x1,y1)")]
@@ -71,7 +72,7 @@ ops = APIRouter()
 
 
 @api.post("/harmonize", response_class=Response,
-          responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}},
+          responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/avif": {}},
                            "description": "the harmonized image, the composite's (or background's) size; "
                                           "output=layer: the harmonized foreground, RGBA, its own size"}})
 async def harmonize(request: Request, service: ServiceDep, composite: CompositeFile = None, mask: MaskFile = None,
@@ -79,14 +80,16 @@ async def harmonize(request: Request, service: ServiceDep, composite: CompositeF
                     background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
                     scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
                     strength: forms.StrengthField = None, output: forms.OutputField = "image",
-                    format: Annotated[Literal["jpeg", "png", "webp"] | None, Form()] = None,
+                    format: forms.ImageFormatField = None,
                     quality: Annotated[int | None, Form(ge=1, le=100)] = None,
                     category: CategoryField = None) -> Response:
     """Harmonize a composite (or a foreground placed on a background): answers the image with its masked
     object recoloured, or with output=layer the harmonized foreground as RGBA."""
     start = time.perf_counter()
+    await forms.check_body(request)
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
+    format = imaging.format_name(format, imaging.OUTPUT_FORMATS)
     if output == "layer" and not form.layer:
         raise ApiError(422, "invalid_field", "output: layer needs the layer form (foreground + background)")
     if output == "layer" and format == "jpeg":
@@ -123,13 +126,15 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
                  background: forms.BackgroundFile = None, x: forms.XField = None, y: forms.YField = None,
                  scale: forms.ScaleField = None, box: forms.BoxField = None, feather: forms.FeatherField = None,
                  strength: forms.StrengthField = None,
-                 format: Annotated[Literal["json", "cube"], Form()] = "json",
+                 format: forms.CurvesFormatField = "json",
                  category: CategoryField = None) -> Response:
     """The per-channel curves the model predicts (at the request's strength): 256-entry tables (0-255) and the
     mismatch score as JSON, or a .cube LUT."""
     start = time.perf_counter()
+    await forms.check_body(request)
     form = read_form(composite, mask, foreground, foreground_mask, background, x, y, scale, box, feather,
                      request.headers.get("content-type", ""))
+    format = imaging.format_name(format, forms.CURVES_FORMATS)
     category = check_category(service, category)
     timings: dict[str, float] = {}
     cutout: list[bool] = []
@@ -156,6 +161,20 @@ async def curves(request: Request, service: ServiceDep, composite: CompositeFile
                          "timings_ms": timings_ms}, headers=headers)
 
 
+@api.post("/preview", response_class=Response,
+          responses={200: {"content": {"image/png": {}}, "description": "the image as the service decodes it"}})
+async def preview_image(request: Request, service: ServiceDep,
+                        image: Annotated[UploadFile | None, File(description="any image /harmonize takes")] = None
+                        ) -> Response:
+    """The image as /harmonize decodes it (EXIF orientation applied, 8-bit RGB or RGBA) as PNG: for clients
+    that cannot decode TIFF or HEIC themselves, such as the page in a browser."""
+    await forms.check_body(request)
+    if image is None:
+        raise ApiError(422, "missing_field", "image: missing; send the file part image")
+    body = await with_deadline(service, request, preview(service, image))
+    return Response(body, media_type="image/png")
+
+
 @api.post("/mask", response_class=Response,
           responses={200: {"content": {"image/png": {}},
                            "description": "the found mask: 8-bit grey PNG of the composite's size, 255 = object"}})
@@ -166,6 +185,7 @@ async def mask(request: Request, service: ServiceDep, composite: CompositeFile =
     """Find the object (inside `box`, or the most salient one) and answer its mask, to check or edit before
     sending it to /harmonize as the `mask` file."""
     start = time.perf_counter()
+    await forms.check_body(request)
     if composite is None:
         raise ApiError(422, "missing_field", "composite: missing; send the image to find the object in")
     object_box = masking.parse_box_field(box)

@@ -3,10 +3,17 @@ the input and what was expected otherwise. Sample formats (16-bit, float) follow
 
 import numpy as np
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
 from .modes import composite_rgb, eight_bit
 
-__all__ = ["check_mask", "image_to_pil", "mask_to_pil", "open_upright", "to_pil_pair"]
+# HEIC/HEIF (phones' default) opens with Image.open once `model` is imported: the service, the CLI and Python
+# callers alike. libheif applies the file's rotation and mirroring (and resets EXIF's orientation to 1, so it is
+# not applied twice) and hands over 10- and 12-bit images as 8-bit; the ICC profile and EXIF are in `info`.
+# AVIF is Pillow's own.
+register_heif_opener()
+
+__all__ = ["check_mask", "check_not_swapped", "image_to_pil", "mask_to_pil", "open_upright", "to_pil_pair"]
 
 
 def _to_uint8_array(array: np.ndarray, what: str) -> np.ndarray:
@@ -71,9 +78,39 @@ def check_mask(size: tuple[int, int], mask: Image.Image) -> None:
                          "levels blend): scale a 0/1 mask by 255")
 
 
+SWAP_CHECK_SIDE = 64  # the swapped-arguments check looks at both inputs at this size (nearest: levels kept)
+
+
+def _levels(image: Image.Image) -> np.ndarray:
+    small = image.convert("RGB").resize((SWAP_CHECK_SIDE, SWAP_CHECK_SIDE), Image.Resampling.NEAREST)
+    return np.asarray(small, np.int16)  # S, S, 3
+
+
+def check_not_swapped(image: Image.Image, mask) -> None:
+    """A composite in black and white beside a mask in colour: the arguments were given the wrong way round
+    (which would otherwise 'harmonize' the matte). Only both together count: a grey photo, or a mask saved as
+    RGB, is fine."""
+    if isinstance(mask, np.ndarray) and mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        mask = Image.fromarray(np.ascontiguousarray(_to_uint8_array(mask[..., :3], "mask")), "RGB")
+    if not isinstance(mask, Image.Image) or mask.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        return
+    composite, photo = _levels(image), _levels(mask)
+    spread = composite.max(-1) - composite.min(-1)
+    grey = composite[..., 0]
+    matte_like = ((spread <= 8).mean() > 0.99 and ((grey <= 16) | (grey >= 239)).mean() > 0.9
+                  and grey.min() <= 16 and grey.max() >= 239)
+    in_colour = ((photo.max(-1) - photo.min(-1)) > 24).mean() > 0.1
+    if matte_like and in_colour:
+        raise ValueError("the composite looks like a mask (black and white) and the mask like a photo (in "
+                         "colour): were the two swapped? The composite is the photo; the mask is its matte")
+
+
 def to_pil_pair(image, mask) -> tuple[Image.Image, Image.Image]:
-    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg."""
-    image, mask = image_to_pil(image), mask_to_pil(mask)
+    """Validate and normalise a composite and its mask: RGB/RGBA image, L mask, same size, mixed fg and bg, not
+    given the wrong way round."""
+    image = image_to_pil(image)
+    check_not_swapped(image, mask)
+    mask = mask_to_pil(mask)
     check_mask(image.size, mask)
     return image, mask
 

@@ -57,6 +57,12 @@ def parse_batch(text: str) -> int:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def export_onnx(weights: Path, out: Path, batch: int = 0) -> Path:
     """Export the network of `weights` (a .pt) to `out`; batch 0 = dynamic. Written atomically; returns out."""
     import onnx
@@ -91,6 +97,9 @@ def export_onnx(weights: Path, out: Path, batch: int = 0) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        # mkstemp makes it 0600: give it a normal file's mode (0644 under umask 022), so that a service running
+        # as another user can read it
+        os.chmod(partial, 0o666 & ~_umask())
         os.replace(partial, out)  # never a half-written .onnx, even with two processes building it at once
     finally:
         Path(partial).unlink(missing_ok=True)

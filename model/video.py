@@ -224,16 +224,16 @@ def harmonize_video(harmonizer, output, input=None, mask=None, *, foreground=Non
                 predictions += info.key
                 if progress is not None:
                     progress(written, timing.count)
+            writer.close()
         except KeyboardInterrupt:
             if not writer.frames:
                 writer.abort()
                 raise VideoInterrupted(None, 0) from None
-            writer.close()  # a playable file of what was done, at the partial name
+            writer.close()  # a playable file of what was done, at the partial name (no-op if already closed)
             raise VideoInterrupted(partial, writer.frames) from None
         except BaseException:
             writer.abort()
             raise
-        writer.close()
         partial.replace(output)
         return VideoResult(output, written, shots, predictions, time.perf_counter() - started, rate)
     finally:

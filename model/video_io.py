@@ -5,16 +5,27 @@ Rules, each for a reason:
 - The output keeps the timing video's timestamps as they are (same time base, same pts), so frame rate, variable
   or fractional (29.97 = 30000/1001), frame count and duration come out as they went in; its average rate,
   pixel aspect and display matrix (rotation, flips) are copied too.
+- A container without per-frame timestamps (AVI, MPEG-PS, ASF, Ogg, 3GP: no AVFMT_VARIABLE_FPS) counts frames
+  at one rate, so there the time base is 1/rate and each frame's pts is its slot on that grid: the rate comes out
+  right (not 1/time base), the index holds one entry per frame, and there are no B-frames (whose reordering
+  needs the timestamps such a container lacks). A clip whose frames do not fit the grid (a
+  variable rate) is refused with the containers that can hold it, rather than written with the wrong timing.
 - Audio packets are copied, never decoded: the sound is bit for bit the input's. They wait until the first video
   frame is decoded, because the header (with the display matrix it carries) is written at the first packet.
 - Colours: decoding reads each frame's own matrix and range; encoding writes limited-range 4:2:0 with the input's
   matrix, or, for an untagged input, the one players assume (BT.709 from 720 lines up, BT.601 below).
 - Mask frames are lossy when they come from a video: levels within MASK_NOISE of 0 or 255 snap to it, so codec
   noise neither blends the whole frame at 1/255 nor widens the object's bounding box to the frame.
+- Ctrl-C never lands inside the writer: a KeyboardInterrupt between the encoder handing over a frame's packets
+  and their mux would drop them (the decoder then misses a reference picture), so SIGINT waits until the frame
+  (or the final flush) is in the container, then raises as usual.
 """
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,15 +35,35 @@ from PIL import Image
 
 from .inputs import open_upright
 
-__all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "open_source", "snap_mask"]
+__all__ = ["MASK_NOISE", "Source", "StillSource", "VideoError", "VideoWriter", "deferred_interrupt", "open_source",
+           "snap_mask"]
 
 log = logging.getLogger(__name__)
 MASK_NOISE = 8  # levels: what an 8-bit 4:2:0 encode of a black/white matte typically wanders by
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".avif"}
 MAX_CRF = 63  # the widest constant-rate-factor scale of PyAV's encoders (VP9's; x264's ends at 51)
 HD_LINES = 720  # from here up an untagged video is BT.709 to players, below it BT.601
 BT709, BT601 = (1,), (5, 6)  # FFmpeg's AVColorSpace codes of each matrix (BT.601: BT470BG, SMPTE170M)
 MODES = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray"}  # what a source yields → PyAV's pixel format
+VARIABLE_FPS = 0x0400  # FFmpeg's AVFMT_VARIABLE_FPS: the container stores each frame's own timestamp
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold SIGINT for the block and raise its KeyboardInterrupt at the end. Only where Python's own handler is
+    installed, in the main thread (the only one signals reach); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 class VideoError(ValueError):
@@ -207,7 +238,14 @@ class VideoWriter:
             raise VideoError(f"output: a {path.suffix} file cannot hold {names}; try .mkv")
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.codec_context.time_base = time_base
+        # constant-rate containers: pts are frame slots at `rate` (see the module's rules); else the source's own
+        self.source_time_base = time_base
+        self.rate = None if self.container.format.flags & VARIABLE_FPS else Fraction(rate)
+        self.stream.codec_context.time_base = time_base if self.rate is None else 1 / self.rate
+        if self.rate is not None:  # frames in decode order, no pts: no reordering, and no shift of every
+            self.stream.codec_context.max_b_frames = 0  # stream for the audio's priming (a leading empty slot)
+            self.container.container_options["avoid_negative_ts"] = "disabled"
+        self.last_pts: int | None = None
         if crf is not None:
             self.stream.options = {"crf": str(crf)}
         tag = int(timing.stream.codec_context.colorspace) if isinstance(timing, VideoSource) else 2
@@ -220,17 +258,22 @@ class VideoWriter:
             self.stream.codec_context.sample_aspect_ratio = timing.aspect
         self.audio = {s.index: self.container.add_stream_from_template(s) for s in audio}
         self.held: list = []  # audio packets that came before the first video frame
-        self.started = False
-        self.frames = 0
+        self.started = self.closed = False
+        self.frames = 0  # frames whose packets are all in the container (or, until close, in the encoder)
 
     def copy(self, packet) -> None:
         packet.stream = self.audio[packet.stream.index]
         if self.started:
-            self.container.mux(packet)
+            with deferred_interrupt():
+                self.container.mux(packet)
         else:
             self.held.append(packet)
 
     def write(self, rgb: np.ndarray, pts: int, matrix: list[int] | None = None) -> None:
+        with deferred_interrupt():
+            self._write(rgb, pts, matrix)
+
+    def _write(self, rgb: np.ndarray, pts: int, matrix: list[int] | None) -> None:
         import av
 
         if not self.started:
@@ -242,17 +285,29 @@ class VideoWriter:
             self.held.clear()
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format="yuv420p", dst_colorspace=self.colorspace, dst_color_range="MPEG")
+        if self.rate is not None:
+            pts = round(pts * self.source_time_base * self.rate)
+            if self.last_pts is not None and pts <= self.last_pts:
+                raise VideoError(f"output: a {self.path.suffix} file holds one frame rate ({float(self.rate):g} "
+                                 f"fps), and frame {self.frames + 1} of this clip comes sooner (a variable rate); "
+                                 "write .mp4, .mkv or .mov, which keep every frame's time")
+        self.last_pts = pts
         frame.pts = pts
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
 
     def close(self) -> None:
-        """Flush the encoder and finish the container: a playable file of the frames written so far."""
-        if not self.started:
-            self.started = True
-            self.container.mux(self.held)
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
+        """Flush the encoder's delayed frames and finish the container: a playable file of every frame written
+        so far. Closing again does nothing."""
+        with deferred_interrupt():
+            if self.closed:
+                return
+            if not self.started:
+                self.started = True
+                self.container.mux(self.held)
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+            self.closed = True
 
     def abort(self) -> None:
         """Close without caring for the file, and delete it."""

@@ -296,6 +296,47 @@ def exif_bytes(orientation: int) -> bytes:
     return exif.tobytes()
 
 
+def display_p3_icc() -> bytes:
+    """A Display P3 ICC profile (v2, matrix + 2.2 gamma curves, D50-adapted P3 primaries; 'Display P3' as its
+    description), as phones tag their photos: built here, since no package ships one."""
+    import struct
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    description = b"Display P3\0"
+    tags = {
+        b"desc": b"desc" + b"\0" * 4 + struct.pack(">I", len(description)) + description + b"\0" * 79,
+        b"cprt": b"text" + b"\0" * 4 + b"No copyright\0",
+        b"wtpt": xyz(0.964203, 1.0, 0.824905),
+        b"rXYZ": xyz(0.515121, 0.241196, -0.001053),
+        b"gXYZ": xyz(0.291977, 0.692245, 0.041885),
+        b"bXYZ": xyz(0.157104, 0.066574, 0.784073),
+    }
+    gamma = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(2.2 * 256)) + b"\0\0"
+    tags.update({b"rTRC": gamma, b"gTRC": gamma, b"bTRC": gamma})
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags.items():
+        body += b"\0" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x40, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"APPL" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def heif_bytes(image: Image.Image, **params) -> bytes:
+    """`image` encoded as HEIC by pillow-heif's x265 encoder (params: exif=, icc_profile=, quality=, ...)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    return encode(image, "HEIF", **params)
+
+
 def post_image(url: str, composite: bytes, mask: bytes, fields: dict | None = None,
                endpoint: str = "/harmonize", headers: dict | None = None, timeout: float = 60.0,
                client: httpx.Client | None = None, names: tuple[str, str] = ("comp.jpg", "mask.png"),
@@ -464,6 +505,22 @@ def video_frames(path) -> list[np.ndarray]:
 
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def decode_with_errors(path) -> tuple[list[int], list[str]]:
+    """Decode every frame of the first video stream → (their pts, FFmpeg's error messages while demuxing and
+    decoding, such as "reference picture missing"). An empty error list is a file that decodes cleanly."""
+    import av
+    import av.logging
+
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # PyAV passes FFmpeg's log on only from a set level
+    try:
+        with av.logging.Capture() as logs, av.open(str(path)) as container:
+            pts = [frame.pts for frame in container.decode(video=0)]
+    finally:
+        av.logging.set_level(level)
+    return pts, [f"{name}: {message.strip()}" for severity, name, message in logs if severity <= av.logging.ERROR]
 
 
 def video_timing(path) -> dict:

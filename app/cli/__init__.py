@@ -34,7 +34,7 @@ from model.runtime import RUNTIMES
 from ..logs import configure_logging
 from .commands import cmd_export, cmd_harmonize, cmd_info, cmd_serve, delegate
 from .files import FORMAT_CHOICES, cpu_cores
-from .folder import describe_error
+from .folder import describe_error, needs_extra
 from .masks import add_mask_command
 from .ray_batch import add_arguments as add_ray_arguments
 from .video import add_video_command
@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         # One line, never a traceback: bad files, bad weights, bad flags, and anything unexpected alike.
-        sys.stderr.write(f"s2crnet: error: {describe_error(e)}\n")
+        extra = needs_extra(e)  # an optional package missing: the extra that installs it
+        message = f"'s2crnet {args.command}' {extra}" if extra else describe_error(e)
+        sys.stderr.write(f"s2crnet: error: {message}\n")
         return 1
 
 

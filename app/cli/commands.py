@@ -27,7 +27,7 @@ from .files import (
     output_format,
     save_image,
 )
-from .folder import FolderRun, Report, Summary, pair_folder, shown_path
+from .folder import FolderRun, Report, Summary, ignored_files, needs_extra, pair_folder, shown_path
 from .layers import LayerJob, layer_message, load_layer_job, read_manifest
 from .masks import auto_mask_jobs, check_segmenter, find_mask, load_auto_mask_job, segmenter_of
 from .storage import is_remote, location, s3_options
@@ -211,6 +211,8 @@ def _harmonize_folder(args: argparse.Namespace) -> int:
     summary = Summary(unpaired=unpaired)
     for path, reason in unpaired:
         sys.stderr.write(f"s2crnet: unpaired {shown_path(path, base)}: {reason}\n")
+    for path, reason in ignored_files(composites, Path(args.masks), out_dir, args.recursive):
+        sys.stderr.write(f"s2crnet: ignored {shown_path(path, base)}: {reason}\n")
     if not jobs and not unpaired:
         raise CliError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(composites)!r}")
     return _run_jobs(args, jobs, summary, base, load_job, unpaired=unpaired)
@@ -288,11 +290,36 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     meta = info.pop("meta") or {}
     rows = [(key, ", ".join(value) if isinstance(value, list) else value) for key, value in info.items()]
-    rows += [(f"meta.{key}", json.dumps(value) if isinstance(value, dict | list) else value)
-             for key, value in meta.items()]
+    shown = {key: _readable(value) for key, value in meta.items()}
+    rows += [(f"meta.{key}", text) for key, text in shown.items() if text is not None]
     width = max(len(key) for key, _ in rows)
     sys.stdout.write("".join(f"{key:<{width}}  {value}\n" for key, value in rows))
+    left_out = [f"meta.{key}" for key, text in shown.items() if text is None]
+    if left_out:
+        sys.stdout.write(f"({', '.join(left_out)}: s2crnet info --json)\n")
     return 0
+
+
+INFO_WIDTH = 200  # longer meta values (the training command, its arguments) are left to `info --json`
+
+
+def _readable(value) -> str | None:
+    """One meta value as a person reads it: numbers to 4 significant digits, a flat table as `key value, ...`;
+    None when it is too long or nested for a line."""
+    def scalar(v) -> str | None:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v) if isinstance(v, int | str | bool) or v is None else None
+
+    if isinstance(value, dict):
+        parts = [f"{k} {scalar(v)}" for k, v in value.items()]
+        text = None if any(scalar(v) is None for v in value.values()) else ", ".join(parts)
+    elif isinstance(value, list):
+        items = [scalar(v) for v in value]
+        text = None if None in items else ", ".join(items)
+    else:
+        text = scalar(value)
+    return text if text is not None and len(text) <= INFO_WIDTH else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -335,7 +362,7 @@ def delegate(module_name: str, prog: str, argv: list[str]) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise CliError(f"'{prog}' is not available in this installation ({e})") from e
+        raise CliError(f"'{prog}' {needs_extra(e) or f'is not available in this installation ({e})'}") from e
     parser = argparse.ArgumentParser(prog=prog, description=(module.__doc__ or "").strip().split("\n")[0])
     module.add_arguments(parser)
     parse = getattr(module, "parse_arguments", None)  # train's: --recipe supplies defaults before parsing

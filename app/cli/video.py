@@ -66,7 +66,7 @@ def add_video_command(commands, model_options: argparse.ArgumentParser, strength
                        help="with --mask auto: find the mask on every N-th frame, held and blended between "
                             "(default 5)")
     video.add_argument("-o", "--output", required=True, metavar="OUT",
-                       help="output video; the container comes from the extension (.mp4, .mkv, .mov)")
+                       help="output video; the container comes from the extension (.mp4, .mov, .mkv, .webm, .avi)")
     layer = video.add_argument_group("layer input", "place a foreground on a background, then harmonize it")
     layer.add_argument("--foreground", metavar="VIDEO_OR_DIR",
                        help="a video with alpha, a folder of RGBA frames, or RGB frames with --mask")

@@ -8,7 +8,9 @@
  * within a level (ties of the rounding only). The mask is the one the server used: for a composite, the page's
  * own mask canvas is what it sends; for layer input, the server composes a white copy of the matte on black
  * (one more small request), which is the placed, scaled, feathered matte exactly.
- * Downloads ask the server again at the slider's strength, so they are full resolution with ICC profile.
+ * Downloads ask the server again at the slider's strength, so they are full resolution with ICC profile, and are
+ * named after the input (photo.heic → photo_harmonized.jpg). A file the browser cannot decode (TIFF, HEIC) is
+ * shown through POST /preview: the server's own decode of it, as PNG.
  * Masks without painting: a box dragged over the composite asks POST /mask for the object inside it, which
  * becomes the mask canvas (the brush then refines it); a plain photo (no transparency) chosen as the foreground
  * is cut out by POST /mask at once, and that matte is sent as its foreground_mask.
@@ -52,6 +54,39 @@ async function decodeFile(blob) {
   context.drawImage(bitmap, 0, 0);
   bitmap.close();
   return context.getImageData(0, 0, canvas.width, canvas.height);
+}
+
+async function viewable(file) {
+  // {image: ImageData, url: what an <img> can show}: the file itself, or the server's decode of what the browser
+  // cannot read (TIFF, HEIC), upright as the server sees it.
+  try {
+    return {image: await decodeFile(file), url: URL.createObjectURL(file)};
+  } catch (e) {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const answer = await post("/preview", form, "blob");
+    return {image: await decodeFile(answer.response), url: URL.createObjectURL(answer.response)};
+  }
+}
+
+function stem(name) {
+  return name.replace(/\.[^.]*$/, "") || "image";
+}
+
+function downloadName(suffix, extension) {
+  // photo.heic → photo_harmonized.jpg: named after the composite, or the background of layer input
+  const input = state.mode === "composite" ? state.composite : state.background;
+  return `${stem(input ? input.file.name : "image")}_${suffix}.${extension}`;
+}
+
+function objectCentre(weights, width) {
+  // The mask's centroid as a share of the width: where the divider starts, so the object shows both halves.
+  let sum = 0, weighted = 0;
+  for (let i = 0; i < weights.length; i++) {
+    sum += weights[i];
+    weighted += weights[i] * (i % width);
+  }
+  return sum ? (weighted / sum + 0.5) / width : 0.5;
 }
 
 function maskWeights(image) {
@@ -222,8 +257,11 @@ async function run() {
     $("before").getContext("2d").putImageData(state.base, 0, 0);
     $("download-layer").hidden = state.mode !== "layer";
     $("output").hidden = false;
+    $("divider").value = Math.round(100 * objectCentre(state.mask, state.base.width));
+    moveDivider();
     drawCurves();
     render();
+    $("output").scrollIntoView({block: "start"});
     setStatus(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s: ${state.base.width}×${state.base.height}`);
   } catch (error) {
     setStatus("");
@@ -316,15 +354,17 @@ function maskCanvas() {
 async function chooseComposite() {
   const file = $("composite").files[0];
   if (!file) return;
+  showError("");
+  let shown;
   try {
-    const image = await decodeFile(file);
-    state.composite = {file, width: image.width, height: image.height};
+    shown = await viewable(file);
   } catch (e) {
     state.composite = null;
-    showError(`the browser cannot show ${file.name}; choose a JPEG, PNG or WebP`);
+    showError(e instanceof ApiError ? e.message : `the page cannot read ${file.name}: ${e}`);
     return;
   }
-  $("editor-image").src = URL.createObjectURL(file);
+  state.composite = {file, width: shown.image.width, height: shown.image.height};
+  $("editor-image").src = shown.url;
   const canvas = maskCanvas();
   canvas.width = state.composite.width;
   canvas.height = state.composite.height;
@@ -332,13 +372,15 @@ async function chooseComposite() {
   $("editor").hidden = false;
   $("brush-tools").disabled = false;
   if ($("mask").files[0]) await chooseMask();
+  await $("editor-image").decode().catch(() => {}); // laid out at its height before scrolling
+  $("run").scrollIntoView({block: "nearest"}); // a tall picture pushes the button below the fold
 }
 
 async function chooseMask() {
   const file = $("mask").files[0];
   state.maskFile = null;
   if (!file || !state.composite) return;
-  const image = await decodeFile(file);
+  const {image} = await viewable(file);
   const {width, height} = state.composite;
   if (image.width !== width || image.height !== height) {
     state.maskFile = file; // sent as it is: the API's answer says what is wrong
@@ -458,7 +500,7 @@ async function chooseForeground() {
   const maskFile = $("foreground-mask").files[0] || null;
   state.foregroundMask = maskFile;
   if (!file) return;
-  const image = await decodeFile(file);
+  const {image} = await viewable(file);
   let matte = new Uint8Array(image.width * image.height), opaque = true;
   for (let i = 0; i < matte.length; i++) {
     matte[i] = image.data[4 * i + 3]; // RGBA: its alpha; RGB: 255
@@ -466,7 +508,7 @@ async function chooseForeground() {
   }
   let foundMatte = null;
   if (maskFile) {
-    const maskImage = await decodeFile(maskFile);
+    const maskImage = (await viewable(maskFile)).image;
     if (maskImage.width === image.width && maskImage.height === image.height) matte = maskWeights(maskImage);
   } else if (opaque) { // a plain photo: the server cuts its subject out, as POST /harmonize would
     setStatus("Cutting out the foreground's subject…");
@@ -493,9 +535,9 @@ async function chooseForeground() {
 async function chooseBackground() {
   const file = $("background").files[0];
   if (!file) return;
-  const image = await decodeFile(file);
+  const {image, url} = await viewable(file);
   state.background = {file, width: image.width, height: image.height};
-  $("stage-background").src = URL.createObjectURL(file);
+  $("stage-background").src = url;
   centreForeground();
   placeForeground();
 }
@@ -524,26 +566,45 @@ function placeForeground() {
 
 function setUpStage() {
   const shown = $("stage-foreground");
-  let drag = null;
+  let drag = null, pinch = null;
+  const pointers = new Map(); // pointerId → [clientX, clientY]: one drags, two pinch
+  const spread = () => { const [a, b] = [...pointers.values()]; return Math.hypot(a[0] - b[0], a[1] - b[1]) || 1; };
   const pixelsPerScreenPixel = () => state.background.width / $("stage-background").getBoundingClientRect().width;
+  const setScale = (scale) => {
+    $("scale").value = Math.min(20, Math.max(0.01, Math.round(scale * 100) / 100));
+    placeForeground();
+  };
+  const rescale = (factor) => setScale((Number($("scale").value) || 1) * factor);
   shown.addEventListener("pointerdown", (event) => {
     shown.setPointerCapture(event.pointerId);
-    drag = {x: Number($("x").value), y: Number($("y").value), clientX: event.clientX, clientY: event.clientY};
+    pointers.set(event.pointerId, [event.clientX, event.clientY]);
+    if (pointers.size === 2) { // a second finger: pinch to scale, no more dragging
+      drag = null;
+      pinch = {spread: spread(), scale: Number($("scale").value) || 1};
+    } else if (pointers.size === 1) {
+      drag = {x: Number($("x").value), y: Number($("y").value), clientX: event.clientX, clientY: event.clientY};
+    }
     event.preventDefault();
   });
   shown.addEventListener("pointermove", (event) => {
+    if (!pointers.has(event.pointerId)) return;
+    pointers.set(event.pointerId, [event.clientX, event.clientY]);
+    if (pinch && pointers.size === 2) {
+      setScale(pinch.scale * spread() / pinch.spread);
+      return;
+    }
     if (!drag) return;
     const k = pixelsPerScreenPixel();
     $("x").value = Math.round(drag.x + (event.clientX - drag.clientX) * k);
     $("y").value = Math.round(drag.y + (event.clientY - drag.clientY) * k);
     placeForeground();
   });
-  for (const type of ["pointerup", "pointercancel"]) shown.addEventListener(type, () => { drag = null; });
-  const rescale = (factor) => {
-    const scale = Number($("scale").value) || 1;
-    $("scale").value = Math.min(20, Math.max(0.01, Math.round(scale * factor * 100) / 100));
-    placeForeground();
-  };
+  for (const type of ["pointerup", "pointercancel"]) {
+    shown.addEventListener(type, (event) => {
+      pointers.delete(event.pointerId);
+      drag = pinch = null;
+    });
+  }
   shown.addEventListener("wheel", (event) => { event.preventDefault(); rescale(Math.exp(-event.deltaY / 500)); });
   shown.addEventListener("keydown", (event) => {
     const step = event.shiftKey ? 10 : 1;
@@ -609,11 +670,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("divider").addEventListener("input", moveDivider);
   const format = () => $("download-format").value;
   $("download").addEventListener("click", () => download("/harmonize", {format: format()},
-                                                          `harmonized.${format() === "png" ? "png" : "jpg"}`, "blob"));
+                                                          downloadName("harmonized", format() === "png" ? "png" : "jpg"), "blob"));
   $("download-layer").addEventListener("click", () => download("/harmonize", {output: "layer", format: "png"},
-                                                                "layer.png", "blob"));
-  $("download-cube").addEventListener("click", () => download("/curves", {format: "cube"}, "curves.cube", "text"));
-  $("download-json").addEventListener("click", () => download("/curves", {format: "json"}, "curves.json", "text"));
+                                                                downloadName("layer", "png"), "blob"));
+  $("download-cube").addEventListener("click", () => download("/curves", {format: "cube"}, downloadName("curves", "cube"),
+                                                               "text"));
+  $("download-json").addEventListener("click", () => download("/curves", {format: "json"}, downloadName("curves", "json"),
+                                                               "text"));
+  // a phone or tablet (its main pointer is a finger): the layer hint speaks of fingers and pinching
+  if (matchMedia("(pointer: coarse)").matches) document.body.classList.add("touch");
   setUpBrush();
   setUpStage();
   chooseMode();

@@ -4,11 +4,11 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from helpers import encode, exif_bytes, real_pair
+from helpers import display_p3_icc, encode, exif_bytes, heif_bytes, real_pair
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError
-from app.imaging import decode, decode_reduced, open_image, output_format_for
+from app.imaging import OUTPUT_FORMATS, decode, decode_reduced, format_name, open_image, output_format_for
 from app.imaging import encode as encode_output
 
 LIMIT = 50_000_000
@@ -136,7 +136,8 @@ def test_masks_keep_their_mode_for_the_model():
         assert decode(encode(mask, "PNG"), "mask", LIMIT, False).image.mode == mode
 
 
-@pytest.mark.parametrize("fmt,media", [("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp")])
+@pytest.mark.parametrize("fmt,media", [("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp"),
+                                       ("avif", "image/avif")])
 def test_encode_formats_alpha_and_icc(photo, fmt, media):
     rgba = photo.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
@@ -197,3 +198,75 @@ def test_grey_jpeg_reduces_to_rgb_like_its_full_decode():
     expected = decode(data, "composite", LIMIT, True).image.reduce(4)
     assert reduced.mode == expected.mode == "RGB"
     assert np.abs(np.asarray(reduced, np.int16) - np.asarray(expected, np.int16)).mean() < 2
+
+
+# --- phone photos: HEIC/HEIF (pillow-heif) and AVIF (Pillow) ---------------------------------------------------
+def _phone_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0110] = orientation, "Apple", "iPhone 15"  # Orientation, Make, Model
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_phone_photo_decodes_upright_with_its_p3_profile_and_exif(fmt):
+    """Stored sideways with orientation 6 (the camera held upright), tagged Display P3: decoded upright, the
+    profile kept for the output, the EXIF read."""
+    upright = real_pair(96, 128, 1)[0]
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 turns back upright
+    p3 = display_p3_icc()
+    data = heif_bytes(stored, exif=_phone_exif(6), icc_profile=p3, quality=95) if fmt == "HEIF" else \
+        encode(stored, "AVIF", exif=_phone_exif(6), icc_profile=p3, quality=95)
+    decoded = decode(data, "composite", LIMIT, True)
+    assert decoded.image.size == upright.size and decoded.image.mode == "RGB"
+    difference = np.abs(np.asarray(decoded.image, int) - np.asarray(upright, int)).mean()
+    assert difference < 4, difference  # the codec's loss, not a turned picture (that differs by ~40)
+    assert decoded.icc_profile == p3
+    assert decoded.format == ("avif" if fmt == "AVIF" else None)  # a HEIC answers JPEG unless asked otherwise
+    assert Image.open(BytesIO(data)).getexif()[0x010F] == "Apple"
+
+
+def test_ten_bit_heic_is_reduced_to_eight_bits_by_scale():
+    """A lossless 10-bit HEIC of full-range ramps: each 8-bit level is v·255/1023 within one level, 1023 → 255
+    (not the low byte, nor the high byte of a 16-bit reading)."""
+    import pillow_heif
+
+    width, height = 64, 64
+    ramp = (np.arange(width * height).reshape(height, width) * 1023 // (width * height - 1)).astype(np.uint16)
+    samples = np.stack([ramp, ramp[::-1], np.full_like(ramp, 512)], -1) << 6  # 10-bit in 16-bit words
+    buffer = BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=(width, height), data=samples.tobytes()).save(
+        buffer, quality=-1, chroma=444)
+    assert Image.open(BytesIO(buffer.getvalue())).info["bit_depth"] == 10
+    pixels = np.asarray(decode(buffer.getvalue(), "composite", LIMIT, True).image, float)
+    assert np.abs(pixels[..., 0] - ramp.astype(float) * 255 / 1023).max() <= 1
+    assert pixels[..., 0].max() == 255 and pixels[..., 0].min() == 0
+    assert abs(pixels[..., 2].mean() - 512 * 255 / 1023) <= 1
+
+
+def _with_declared_size(heic: bytes, width: int, height: int) -> bytes:
+    """The HEIC with its image spatial extents ('ispe' box: version/flags, width, height) rewritten."""
+    at = heic.index(b"ispe") + 8
+    return heic[:at] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + heic[at + 8:]
+
+
+def test_heic_pixel_limit_is_checked_from_its_header():
+    small = heif_bytes(real_pair(128, 128)[0], quality=50)  # whole 64-pixel blocks: no 'clap' crop box
+    for side in (9000, 20000):  # declared, 128² coded: refused by our limit, or Pillow's fence past 2×89 MP
+        error = _error(_with_declared_size(small, side, side), max_pixels=1_000_000)
+        assert (error.status_code, error.code) == (413, "image_too_large")
+    assert "9000×9000" in _error(_with_declared_size(small, 9000, 9000), max_pixels=1_000_000).detail
+    big = heif_bytes(Image.new("RGB", (1500, 1000)), quality=10)  # a real 1.5 MP HEIC of a few kB
+    assert len(big) < 100_000
+    assert _error(big, max_pixels=1_000_000).code == "image_too_large"
+
+
+@pytest.mark.parametrize(("written", "name"), [("jpg", "jpeg"), ("JPG", "jpeg"), ("PNG", "png"), ("Webp", "webp"),
+                                               (" avif ", "avif")])
+def test_format_names_take_aliases_in_any_case(written, name):
+    assert format_name(written, OUTPUT_FORMATS) == name
+
+
+def test_an_unknown_format_name_lists_ours():
+    with pytest.raises(ApiError) as info:
+        format_name("gif", OUTPUT_FORMATS)
+    assert info.value.code == "invalid_field" and "jpeg (jpg), png, webp, avif" in info.value.detail

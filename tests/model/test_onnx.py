@@ -2,7 +2,9 @@
 the PyTorch runtime's LUTs within one level; stale, foreign and corrupt exports fail at load, naming the file."""
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from helpers import SAMPLES, real_pair, sample_names, shipped_weights_with_onnx
 from PIL import Image, ImageFilter
 
-from model import Harmonizer, ModelConfig, S2CRNet, WeightsError
+from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet, WeightsError
 from model.harmonizer import save_weights
 from model.iharmony import mask_stem
 from model.onnx_export import export_onnx, parse_batch
@@ -173,3 +175,14 @@ def test_auto_runtime_picks_onnx_only_where_the_export_is(shipped_copy, tmp_path
         choose_runtime("tensorrt", "cpu", shipped_copy)
     with pytest.raises(ValueError, match="PyTorch weights"):
         choose_runtime("torch", "cpu", shipped_copy.with_suffix(".onnx"))
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_the_export_has_a_normal_files_mode(tmp_path, umask, mode):
+    """Not mkstemp's 0600: a service running as another user must be able to read what `s2crnet export` wrote."""
+    old = os.umask(umask)
+    try:
+        out = export_onnx(DEFAULT_WEIGHTS, tmp_path / "model.onnx", None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == mode

@@ -3,13 +3,25 @@ under a constant colour cast, the background's brightness jittering (tests/helpe
 (H.264 + AAC) and decoded with PyAV."""
 
 import itertools
+import signal
+import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers import clip_frames, make_clip, real_cutout, video_frames, video_timing, write_video
+from helpers import (
+    clip_frames,
+    decode_with_errors,
+    make_clip,
+    real_cutout,
+    video_frames,
+    video_timing,
+    write_video,
+)
 from PIL import Image
 
+import model.video
+import model.video_io
 from model import Harmonizer
 from model.temporal import (
     Frame,
@@ -20,7 +32,7 @@ from model.temporal import (
     knots_from_log_slopes,
     log_slopes,
 )
-from model.video import VideoError, partial_path
+from model.video import VideoError, VideoInterrupted, partial_path
 
 SIZE = (160, 96)
 
@@ -162,3 +174,114 @@ def test_layer_form_on_a_background_video(harmonizer, tmp_path):
     assert after == before
     frames, plain = video_frames(out), video_frames(background)
     assert np.abs(frames[0][30:50, 30:60].astype(int) - plain[0][30:50, 30:60]).mean() > 5  # the cutout is there
+
+
+VIDEO_CODE = {model.video.__file__, model.video_io.__file__}
+
+
+WRITER = ("write", "_write")  # VideoWriter's per-frame methods
+
+
+def _run_with_sigint_at(harmonizer, out, video, mask, codec: str, point: int | None, only: tuple = ()
+                        ) -> tuple[list[str], BaseException | None]:
+    """harmonize_video with a real SIGINT raised at the `point`-th bytecode executed in model/video.py and
+    model/video_io.py (None: never; `only`: in these functions of theirs) → (those bytecodes, as
+    'function:line', and the exception that ended the run)."""
+    executed = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename not in VIDEO_CODE or (only and frame.f_code.co_name not in only):
+            return None
+        frame.f_trace_opcodes = True
+
+        def each_opcode(frame, event, arg):
+            if event == "opcode":
+                executed.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+                if len(executed) - 1 == point:
+                    signal.raise_signal(signal.SIGINT)  # Python's handler: KeyboardInterrupt, or held by ours
+            return each_opcode
+        return each_opcode
+
+    sys.settrace(tracer)
+    try:
+        # curves_every: two forward passes per run (the first and last frame), so the many runs stay quick
+        harmonizer.harmonize_video(out, video, mask, codec=codec, crf=None, curves_every=1000)
+    except KeyboardInterrupt as e:
+        return executed, e
+    finally:
+        sys.settrace(None)
+    return executed, None
+
+
+# codec → (clip frames, the frame at each of whose writer bytecodes a run is cut, also cut at points spread over
+# the whole run): mpeg4 hands over each frame's packet at once; x264 holds its first ~40 frames (lookahead), so
+# its frame comes after those (and the spread points, mpeg4's, are left out of its longer runs).
+INTERRUPTED_WRITES = {"mpeg4": (6, 2, True), "libx264": (46, 43, False)}
+
+
+@pytest.mark.parametrize("codec", sorted(INTERRUPTED_WRITES))
+def test_interrupt_anywhere_leaves_a_partial_file_that_decodes_cleanly(harmonizer, tmp_path, codec):
+    """Ctrl-C at the bytecodes of writing one frame (where a cut between the encoder handing over packets and
+    their mux lost a reference frame) and at points spread over the whole run: the partial file holds exactly
+    the frames it reports, with the input's increasing pts, and decodes without one error."""
+    count, cut_frame, spread = INTERRUPTED_WRITES[codec]
+    only = () if spread else WRITER
+    video, mask, _, _ = make_clip(tmp_path, count=count, audio=codec == "libx264")
+    source_pts = video_timing(video)["pts"]
+    executed, _ = _run_with_sigint_at(harmonizer, tmp_path / "dry.mp4", video, mask, codec, None, only)
+    writes = [i for i, where in enumerate(executed) if where.split(":")[0] in WRITER]
+    per_frame = len(writes) // count
+    one_write = writes[cut_frame * per_frame: (cut_frame + 1) * per_frame]
+    points = sorted(set(one_write) | (set(range(0, len(executed), len(executed) // 12)) if spread else set()))
+    interrupted = 0
+    for point in points:
+        out = tmp_path / f"cut{point}.mp4"
+        _, error = _run_with_sigint_at(harmonizer, out, video, mask, codec, point, only)
+        assert error is not None, f"SIGINT at {executed[point]} was lost"
+        if not isinstance(error, VideoInterrupted) or error.partial is None:
+            # before the first frame was done: no file; once the output was finished: that whole file
+            assert not partial_path(out).exists(), executed[point]
+            assert not out.exists() or decode_with_errors(out) == (source_pts, []), executed[point]
+            continue
+        assert not out.exists(), executed[point]
+        interrupted += 1
+        pts, errors = decode_with_errors(error.partial)
+        assert errors == [], (executed[point], errors)
+        assert pts == source_pts[: error.frames], (executed[point], error.frames, pts)
+        assert all(a < b for a, b in zip(pts, pts[1:], strict=False))
+        error.partial.unlink()
+    assert interrupted >= len(one_write)
+
+
+# the containers docs/CLI.md names, each with an encoder it holds (WebM: VP9 only, so a clip without AAC sound)
+CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9", ".avi": "libx264"}
+
+
+@pytest.mark.parametrize("suffix", sorted(CONTAINERS))
+def test_every_named_container_keeps_the_frame_rate_and_frames(harmonizer, tmp_path, suffix):
+    """Rate, frame count and spacing survive in each container; an AVI (one rate, no timestamps) indexes one
+    entry per frame at the clip's rate, not 1/time base."""
+    rate = Fraction(30000, 1001)
+    video, mask, _, _ = make_clip(tmp_path, rate=rate, count=12, audio=suffix != ".webm")
+    out = tmp_path / f"out{suffix}"
+    harmonizer.harmonize_video(out, video, mask, codec=CONTAINERS[suffix], curves_every=4)
+    import av
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        times = [frame.time for frame in container.decode(stream)]
+        assert stream.average_rate == rate
+        if suffix == ".avi":
+            assert stream.frames == 12  # index entries
+    assert decode_with_errors(out)[1] == [] and len(times) == 12
+    steps = np.diff(times)
+    np.testing.assert_allclose(steps, float(1 / rate), atol=1e-3)  # matroska's clock counts milliseconds
+
+
+def test_a_variable_rate_clip_is_refused_by_a_constant_rate_container(harmonizer, tmp_path):
+    times = [0, 40, 80, 150, 190, 260, 300, 333, 400, 480, 520, 600]
+    video, mask, _, _ = make_clip(tmp_path, count=len(times), video_options={"times_ms": times})
+    out = tmp_path / "vfr.avi"
+    with pytest.raises(VideoError, match=r"output: a \.avi file holds one frame rate .* write \.mp4, \.mkv or \.mov"):
+        harmonizer.harmonize_video(out, video, mask)
+    assert list(tmp_path.glob("vfr*")) == []

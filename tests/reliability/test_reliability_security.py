@@ -1,14 +1,20 @@
 """Security over real HTTP: the API key (any Authorization header but the right one → 401 on the work endpoints;
 health, info and metrics open), the key compared in constant time, no client input becoming a file path, no temp
-files left behind, no file contents or stack traces in errors, and the dependency versions.
+files left behind, no file contents or stack traces in errors, an endless body after an early answer cut off,
+and the dependency versions.
 
     nice -n 15 .venv/bin/pytest -q tests/reliability/test_reliability_security.py
 """
 
 import hmac
 import io
+import multiprocessing
 import os
+import socket
+import statistics
 import struct
+import threading
+import time
 import tomllib
 import zlib
 from importlib.metadata import version
@@ -17,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import REPO, encode, post_image, real_pair, start_server
+from helpers import REPO, encode, post_image, read_http_answer, real_pair, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
@@ -174,6 +180,114 @@ def test_errors_never_echo_file_contents_or_stack_traces(keyed, pair, endpoint):
         for leak in (SECRET, b"hunter2", b"Traceback", b'File "', str(REPO).encode(), b".py"):
             assert leak not in response.content, (leak, response.text)
     assert SECRET.decode() not in keyed.logs  # nor does the log keep what clients uploaded
+
+
+# --- endless bodies after an early answer --------------------------------------------------------------------
+UPLOAD_CAP = 64 * 1024 * 1024  # the default max_upload_bytes: no connection may push more than this
+BODY_DEADLINE_S = 30.0  # the default request_timeout_s
+CHUNK = b"%x\r\n%s\r\n" % (65536, b"\x00" * 65536)  # one 64 KiB chunk of a chunked body
+RECONNECT_S = 0.1  # an attacker's pause between a cut connection and its next
+GARBAGE_PREAMBLE = b"this is no multipart preamble\r\n" * 4
+EARLY_ANSWERS = {  # what each early exit answers, before the body is read: (request line, auth, status)
+    "garbled form": ("POST /harmonize", True, 400),
+    "no key": ("POST /harmonize", False, 401),
+    "form field in the query": ("POST /curves?format=cube", True, 422),
+    "no such path": ("POST /nowhere", True, 404),
+    "wrong method": ("POST /healthz", True, 405),
+}
+
+
+def _endless_upload(port: int, request_line: str, auth: bool) -> tuple[bytes, int, float, BaseException | None]:
+    """Send a chunked body that never ends (a garbage preamble, then zero chunks) until the server cuts it, or
+    past the cap or deadline → (answer, bytes sent, seconds, the send error that cut it or None)."""
+    key = f"Authorization: Bearer {KEY}\r\n" if auth else ""
+    head = (f"{request_line} HTTP/1.1\r\nHost: x\r\n{key}Transfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=BODY_DEADLINE_S)
+    sent, cut, start = 0, [], time.monotonic()
+
+    def send_forever():
+        nonlocal sent
+        try:
+            sock.sendall(head + b"%x\r\n%s\r\n" % (len(GARBAGE_PREAMBLE), GARBAGE_PREAMBLE))
+            while sent <= UPLOAD_CAP and time.monotonic() - start < BODY_DEADLINE_S:
+                sock.sendall(CHUNK)
+                sent += len(CHUNK)
+        except OSError as e:  # reset or broken pipe: the server closed the connection
+            cut.append(e)
+
+    sender = threading.Thread(target=send_forever)
+    sender.start()
+    try:
+        answer = read_http_answer(sock, timeout=BODY_DEADLINE_S)
+        sender.join(BODY_DEADLINE_S + 5)
+    finally:
+        sock.close()
+    return answer, sent, time.monotonic() - start, cut[0] if cut else None
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_ANSWERS))
+def test_an_endless_body_after_an_early_answer_is_cut(keyed, case):
+    """The answer closes the connection (uvicorn would otherwise read and drop the rest of the body forever,
+    past the upload cap and the deadline): the sender is cut off long before either."""
+    request_line, auth, status = EARLY_ANSWERS[case]
+    answer, sent, seconds, cut = _endless_upload(keyed.port, request_line, auth)
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 %d" % status), answer[:300]
+    assert b"\r\nconnection: close" in head
+    assert cut is not None, f"{sent} bytes in {seconds:.1f} s and still reading"
+    assert sent < UPLOAD_CAP and seconds < BODY_DEADLINE_S
+    assert httpx.get(keyed.url + "/healthz").status_code == 200
+
+
+def _flood(port: int, stop, results) -> None:
+    """One attacker in its own process (the measuring client keeps its GIL): an endless garbled body, and
+    RECONNECT_S after each cut a new one, until `stop` → (connections, cut, most bytes sent). The pause keeps
+    the attacker's own sending, on the server's machine here, from being what the figure measures."""
+    connections, cut, most = 0, 0, 0
+    while not stop.wait(RECONNECT_S):
+        _, sent, _, error = _endless_upload(port, "POST /harmonize", True)
+        connections, cut, most = connections + 1, cut + (error is not None and sent < UPLOAD_CAP), max(most, sent)
+    results.put((connections, cut, most))
+
+
+def test_endless_bodies_leave_normal_requests_their_speed(keyed, pair, record_property):
+    """Three attackers sending endless garbled bodies, reconnecting whenever cut, beside normal requests: every
+    attacking connection is cut, and the normal requests' latency beside them is recorded against their idle
+    latency measured in this run (bench/reliability.py prints the figures; timing is not asserted here)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def median_latency(count: int) -> float:
+        times = []
+        with httpx.Client(headers=headers, timeout=60) as client:
+            for _ in range(count):
+                start = time.perf_counter()
+                assert post_image(keyed.url, *pair, client=client).status_code == 200
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    median_latency(2)  # warm
+    idle = median_latency(9)
+    context = multiprocessing.get_context("fork")
+    stop, results = context.Event(), context.Queue()
+    attackers = [context.Process(target=_flood, args=(keyed.port, stop, results)) for _ in range(3)]
+    for attacker in attackers:
+        attacker.start()
+    try:
+        time.sleep(0.5)
+        beside = median_latency(9)
+    finally:
+        stop.set()
+        counts = [results.get(timeout=BODY_DEADLINE_S + 10) for _ in attackers]
+        for attacker in attackers:
+            attacker.join(10)
+    connections = sum(c for c, _, _ in counts)
+    assert connections > 0 and sum(cut for _, cut, _ in counts) == connections
+    record_property("normal request latency (ms)", {"idle": round(idle * 1000, 1),
+                                                    "beside 3 endless bodies": round(beside * 1000, 1),
+                                                    "ratio": round(beside / idle, 2)})
+    record_property("endless-body connections", {"opened and cut": connections,
+                                                 "most bytes sent on one": max(m for _, _, m in counts)})
 
 
 # --- dependencies -------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ The README's screenshot (S2CRNET_PAGE_SCREENSHOT) is test_page_masks.py's: a rea
 """
 
 import base64
+import json
 import os
 import shutil
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import decode, encode, real_cutout, real_pair, start_server
+from helpers import decode, display_p3_icc, encode, exif_bytes, heif_bytes, real_cutout, real_pair, start_server
 from PIL import Image, ImageDraw, ImageFilter
 
 CHROMIUM = os.environ.get("S2CRNET_CHROMIUM", "/usr/bin/chromium")
@@ -25,7 +26,9 @@ CHROMEDRIVER = os.environ.get("S2CRNET_CHROMEDRIVER", "/usr/bin/chromedriver")
 KEY = "page-test-key"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,1100", "--force-device-scale-factor=1"]
+         "--window-size=1280,1100", "--force-device-scale-factor=1",
+         # no network but the server's: every other host name fails to resolve, as on an offline machine
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 RUN_TIMEOUT_S = 120  # one run on a busy 2-core machine: two requests, decode, render
 
 
@@ -50,6 +53,7 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -76,7 +80,7 @@ def _until(driver, condition, what: str, timeout: float = RUN_TIMEOUT_S):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
     except Exception:
-        error = driver.find_element("id", "error").text
+        error = [e.text for e in driver.find_elements("id", "error")]  # the page's error line, where there is one
         pytest.fail(f"the page did not get to: {what}; its error line: {error!r}")
 
 
@@ -109,6 +113,12 @@ def _server_render(url: str, files: dict, fields: dict) -> np.ndarray:
     return np.asarray(decode(response.content).convert("RGB")).astype(int)
 
 
+def _requested_urls(driver) -> list[str]:
+    """The URLs the browser asked for since the last call (DevTools' Network.requestWillBeSent events)."""
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+
+
 def _write(tmp_path: Path, name: str, image: Image.Image, fmt: str, **params) -> Path:
     path = tmp_path / name
     path.write_bytes(encode(image, fmt, **params))
@@ -138,7 +148,7 @@ def test_composite_and_mask_render_in_the_page_as_the_api_does(page, page_server
     page.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
     page.find_element("id", "download-format").send_keys("PNG")
     page.find_element("id", "download").click()
-    saved = tmp_path / "harmonized.png"
+    saved = tmp_path / "comp_harmonized.png"  # named after the input
     _until(page, lambda d: saved.is_file() and saved.stat().st_size > 0, "the downloaded image", 60)
     downloaded = np.asarray(Image.open(saved).convert("RGB")).astype(int)
     assert np.abs(downloaded - _canvas(page, "result")).max() <= 1
@@ -287,3 +297,127 @@ def test_a_screenshot_of_a_generated_scene(page, tmp_path):
     page.save_screenshot(str(tmp_path / "page.png"))
     shot = Image.open(tmp_path / "page.png")
     assert shot.width >= 800
+
+
+@pytest.mark.parametrize(("path", "operation"), [
+    ("/docs", "#operations-default-harmonize_harmonize_post"),
+    ("/redoc", "[data-section-id='operation/harmonize_harmonize_post']"),
+])
+def test_the_api_docs_render_their_operations_with_no_network(browser, page_server, path, operation):
+    """Swagger UI and ReDoc come from the server itself: with every other host unreachable they draw the
+    operations, and not one request goes elsewhere (favicon and fonts included)."""
+    _requested_urls(browser)  # forget what earlier tests asked for
+    browser.get(page_server.url + path)
+    _until(browser, lambda d: d.execute_script(f"return document.querySelector({operation!r}) !== null"),
+           f"{path} showing POST /harmonize", 60)
+    text = browser.find_element("tag name", "body").text
+    assert "/harmonize" in text and "/curves" in text
+    urls = _requested_urls(browser)
+    assert urls and all(url.startswith(page_server.url) or url.startswith(("data:", "blob:")) for url in urls), urls
+
+
+# --- first use (issue 30, item 6) -------------------------------------------------------------------------------
+def _in_view(driver, element_id: str) -> bool:
+    return driver.execute_script(f"""const r = document.getElementById('{element_id}').getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight + 1;""")  # + 1: sub-pixel layout
+
+
+@pytest.fixture
+def window(browser):
+    """Set the window to (width, height) CSS pixels for one test; the old size comes back after."""
+    size = browser.get_window_size()
+    yield lambda width, height: browser.set_window_size(width, height)
+    browser.set_window_size(size["width"], size["height"])
+
+
+@pytest.mark.parametrize(("width", "height"), [(1366, 768), (1920, 1080)])
+def test_a_portrait_image_brings_the_button_then_the_result_into_view(page, window, tmp_path, width, height):
+    window(width, height)
+    composite, mask = real_pair(600, 900, 1)
+    _upload(page, "composite", _write(tmp_path, "portrait.jpg", composite, "JPEG"))
+    _upload(page, "mask", _write(tmp_path, "mask.png", mask, "PNG"))
+    _until(page, lambda d: _in_view(d, "run"), "the Harmonize button in view", 30)
+    _run(page)
+    _until(page, lambda d: _in_view(d, "compare"), "the before/after view in view", 30)
+    labels = {name: page.find_element("id", f"label-{name}") for name in ("before", "after")}
+    assert {name: label.text for name, label in labels.items()} == {"before": "Before", "after": "After"}
+    assert all(label.is_displayed() for label in labels.values())
+    view = page.find_element("id", "compare").rect
+    assert labels["before"].rect["x"] < view["x"] + view["width"] / 2 < labels["after"].rect["x"]
+
+
+def test_the_divider_starts_at_the_object(page, tmp_path):
+    """An object in the left fifth: the divider starts at its centre, not at 50% where it would sit wholly on
+    the 'before' side, so part of it shows harmonized."""
+    composite, _ = real_pair(400, 240, 2)
+    mask = np.zeros((240, 400), np.uint8)
+    mask[60:180, 20:100] = 255
+    cast = np.asarray(composite).copy()
+    cast[mask > 0] = (cast[mask > 0] * [1.3, 0.9, 0.6]).clip(0, 255).astype(np.uint8)
+    _upload(page, "composite", _write(tmp_path, "left.png", Image.fromarray(cast), "PNG"))
+    _upload(page, "mask", _write(tmp_path, "left-mask.png", Image.fromarray(mask), "PNG"))
+    _run(page)
+    at = int(page.find_element("id", "divider").get_attribute("value"))
+    assert at == 15, at  # the object's columns 20-99: centre 60 of 400
+    clip = page.execute_script("return document.getElementById('result').style.clipPath")
+    assert clip == f"inset(0px 0px 0px {at}%)"
+
+
+def test_a_phone_wide_page_wraps_speaks_of_pinching_and_pinches(browser, page_server, tmp_path):
+    """390 CSS pixels wide with a touch screen: no sideways scrolling in either mode, the layer hint speaks of
+    fingers, and two fingers spreading on the foreground scale it up."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})
+    try:
+        browser.get(page_server.url + "/")
+        browser.find_element("id", "api-key").send_keys(KEY)
+        overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert browser.execute_script(overflow) <= 0, "sideways scrolling in composite mode"
+        browser.find_element("id", "mode-layer").click()
+        real_cutout(0, scale=0.5).save(tmp_path / "fg.png")
+        real_pair(360, 480, 2)[0].save(tmp_path / "bg.jpg")
+        _upload(browser, "foreground", tmp_path / "fg.png")
+        _upload(browser, "background", tmp_path / "bg.jpg")
+        hint = browser.find_element("id", "stage-hint")
+        _until(browser, lambda d: hint.is_displayed(), "the layer hint", 30)
+        assert "pinch" in hint.text and "wheel" not in hint.text, hint.text
+        assert browser.execute_script(overflow) <= 0, "sideways scrolling in layer mode"
+        label = browser.find_element("css selector", "label:has(#mode-layer)").rect
+        assert label["x"] + label["width"] <= 390  # the 'Start from' labels wrap inside the screen
+        before = float(browser.find_element("id", "scale").get_attribute("value"))
+        cx, cy = browser.execute_script("""const f = document.getElementById('stage-foreground');
+            f.scrollIntoView({block: 'center'}); const r = f.getBoundingClientRect();
+            return [r.left + r.width / 2, r.top + r.height / 2];""")  # viewport pixels, where touches land
+        for kind, gap in (("touchStart", 10), ("touchMove", 20), ("touchMove", 30), ("touchEnd", 30)):
+            fingers = [{"x": cx - gap, "y": cy, "id": 0}, {"x": cx + gap, "y": cy, "id": 1}]
+            browser.execute_cdp_cmd("Input.dispatchTouchEvent",
+                                    {"type": kind, "touchPoints": [] if kind == "touchEnd" else fingers})
+        after = float(browser.find_element("id", "scale").get_attribute("value"))
+        assert after == pytest.approx(before * 3, rel=0.1), (before, after)  # fingers 20 → 60 px apart
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "HEIF"])
+def test_a_tiff_or_heic_the_browser_cannot_decode_runs_as_the_api_does(page, page_server, tmp_path, fmt):
+    """Chromium decodes neither: the page shows the server's decode (POST /preview) and the run's result is
+    the API's own render of the same files. The HEIC is a phone's: stored sideways, orientation 6, P3."""
+    composite, mask = real_pair(240, 320, 3)
+    if fmt == "TIFF":
+        data, name = encode(composite, "TIFF"), "scan.tif"
+    else:
+        data = heif_bytes(composite.transpose(Image.Transpose.ROTATE_90), exif=exif_bytes(6),
+                          icc_profile=display_p3_icc(), quality=95)
+        name = "IMG_0007.HEIC"
+    (tmp_path / name).write_bytes(data)
+    mask_path = _write(tmp_path, "mask.png", mask, "PNG")
+    _upload(page, "composite", tmp_path / name)
+    _until(page, lambda d: d.find_element("id", "editor").is_displayed(), "the mask editor", 60)
+    assert page.execute_script("const i = document.getElementById('editor-image'); "
+                               "return [i.naturalWidth, i.naturalHeight]") == [240, 320]
+    _upload(page, "mask", mask_path)
+    _run(page)
+    served = _server_render(page_server.url, {"composite": data, "mask": mask_path.read_bytes()}, {})
+    assert np.abs(_canvas(page, "result") - served).max() <= 1

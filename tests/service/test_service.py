@@ -297,8 +297,10 @@ def test_bad_input_gets_a_clear_4xx(server, pair, index):
 
 
 def test_file_part_sent_as_text_field(server, small_pair):
-    response = httpx.post(server.url + "/harmonize", data={"composite": "abc", "mask": "def"})
+    # in a multipart form: that field is wrong (422); a urlencoded body is no form of ours at all (400)
+    response = httpx.post(server.url + "/harmonize", data={"composite": "abc"}, files={"mask": small_pair[1]})
     _assert_error(response, 422, "invalid_field")
+    _assert_error(httpx.post(server.url + "/harmonize", data={"composite": "abc", "mask": "def"}), 400, "bad_request")
 
 
 def test_not_multipart(server):

@@ -49,7 +49,8 @@ def test_metrics_table_names_every_exported_metric(section):
 
 
 def test_the_issue_example_is_there(section):
-    example = "curl -sf -F composite=@comp.jpg -F mask=@mask.png http://127.0.0.1:8000/harmonize -o out.jpg"
+    example = ("curl -s --fail-with-body -F composite=@comp.jpg -F mask=@mask.png http://127.0.0.1:8000/harmonize "
+               "-o out.jpg")  # --fail-with-body: exit 22 on an error, and keep its JSON (-f would drop it)
     assert example in section
     for start in ("s2crnet serve", "uvicorn app.main:app"):
         assert start in section

@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -21,15 +22,17 @@ from helpers import (
     REPO,
     SAMPLES,
     decode,
+    display_p3_icc,
     doc_section,
     encode,
     exif_bytes,
+    heif_bytes,
     interrupt_when,
     real_cutout,
     real_pair,
     start_server,
 )
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
 from model import DEFAULT_WEIGHTS, Harmonizer, ModelConfig, S2CRNet
 from model.harmonizer import save_weights
@@ -198,6 +201,18 @@ def test_info_prints_the_model_card(weights):
     assert re.search(r"^meta\.note\s+cli test weights$", text.stdout, re.M)
     parameters = sum(p.numel() for p in S2CRNet(ModelConfig(semantic=True)).parameters())
     assert re.search(rf"^parameters\s+{parameters}$", text.stdout, re.M)
+
+
+def test_info_of_the_shipped_weights_reads_as_a_summary():
+    """What a user needs, a line each: no blob of training arguments (that is `--json`'s), numbers rounded."""
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 240 for line in lines), max(lines, key=len)
+    assert not any(line.startswith("meta.train_args") for line in lines)
+    assert lines[-1] == "(meta.train_args: s2crnet info --json)"
+    validation = next(line for line in lines if line.startswith("meta.validation"))
+    assert re.search(r"\bmse \d+(\.\d)?,", validation) and "{" not in validation
 
 
 def test_info_json_defaults_to_the_shipped_weights():
@@ -403,13 +418,17 @@ def test_readme_python_example_runs(tmp_path):
                             timeout=120)
 
     assert result.returncode == 0, result.stderr
-    written = sorted(p.name for p in workdir.iterdir() if p.name != "example.py")
-    assert written, "the example should write its results"
-    for path in workdir.iterdir():
-        if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
-            assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
-    layers = [Image.open(path) for path in workdir.glob("layer_*.png")]
-    assert all(layer.mode == "RGBA" for layer in layers)
+    assert [p.name for p in workdir.iterdir()] == ["example.py"]  # nothing written where it runs
+    out = Path(re.search(r"^results in (.+)$", result.stdout, re.M).group(1))
+    try:
+        written = sorted(p.name for p in out.iterdir())
+        assert len(written) == 7, written
+        for path in out.iterdir():
+            if path.suffix in (".jpg", ".png") and not path.name.startswith("layer_"):  # layers: the cutout's size
+                assert Image.open(path).size == Image.open(SAMPLES / "composite_images" / "f1521_1_1.jpg").size
+        assert all(Image.open(path).mode == "RGBA" for path in out.glob("layer_*.png"))
+    finally:
+        shutil.rmtree(out)
 
 
 @pytest.mark.parametrize("path", ["README.md", "docs/CLI.md"])
@@ -585,3 +604,81 @@ def test_folder_report_has_a_row_per_image(tmp_path, harmonizer, weights):
         (curves,) = harmonizer.predict_curves([composite], [mask], strength=0.5)
         for column, key in (("mismatch", "mean"), ("mismatch_r", "r"), ("mismatch_g", "g"), ("mismatch_b", "b")):
             assert float(row[column]) == pytest.approx(curves.mismatch[key], abs=0.01), column
+
+
+# --- phone photos (HEIC, AVIF) in every mode --------------------------------------------------------------------
+def _phone_photo(folder: Path, name: str, index: int, size=(240, 320)) -> tuple[Path, Image.Image, Image.Image]:
+    """A HEIC (or AVIF) stored sideways with orientation 6 and a Display P3 profile, as a phone writes it, and
+    its upright mask → (path, upright composite as the decoder gives it, mask)."""
+    upright, mask = real_pair(*size, index=index)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    path = folder / name
+    params = {"exif": exif_bytes(6), "icc_profile": display_p3_icc(), "quality": 95}
+    heic = path.suffix.lower() == ".heic"
+    path.write_bytes(heif_bytes(stored, **params) if heic else encode(stored, "AVIF", **params))
+    decoded = ImageOps.exif_transpose(Image.open(path))  # `import model` registered HEIF: Python reads it too
+    assert decoded.size == upright.size
+    return path, decoded.convert("RGB"), mask
+
+
+def test_a_heic_from_a_phone_harmonizes_upright_with_its_profile(tmp_path, harmonizer, weights):
+    heic, upright, mask = _phone_photo(tmp_path, "IMG_0042.HEIC", 1)
+    mask.save(tmp_path / "mask.png")
+    result = run_cli("harmonize", heic, tmp_path / "mask.png", "-o", tmp_path / "out.jpg", "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    written = Image.open(tmp_path / "out.jpg")
+    assert written.size == upright.size and written.info.get("icc_profile") == display_p3_icc()
+    expected = decode(encode(harmonizer.harmonize(upright, mask), "JPEG", quality=95))
+    assert np.abs(pixels(tmp_path / "out.jpg") - np.asarray(expected).astype(int)).mean() < 1
+
+
+def test_folder_mode_reads_phone_photos_and_lists_what_it_leaves(tmp_path, weights):
+    composites, masks, out = tmp_path / "photos", tmp_path / "masks", tmp_path / "out"
+    composites.mkdir()
+    masks.mkdir()
+    for index, name in enumerate(["IMG_1.heic", "IMG_2.avif"]):
+        _phone_photo(composites, name, index)[2].save(masks / f"{Path(name).stem}.png")
+    (composites / "notes.txt").write_text("not an image")
+    (composites / ".DS_Store").write_bytes(b"\0" * 10)
+    result = run_cli("harmonize", "--composites", composites, "--masks", masks, "-o", out, "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    assert summary_counts(result) == (2, 0, 0, 0)
+    assert re.search(r"^s2crnet: ignored notes\.txt: not an image s2crnet reads \(.*\.heic", result.stderr, re.M)
+    assert re.search(r"^s2crnet: ignored \.DS_Store: a hidden file$", result.stderr, re.M)
+    written = {path.name: (Image.open(path).format, Image.open(path).size) for path in out.iterdir()}
+    assert written == {"IMG_1.jpg": ("JPEG", (240, 320)), "IMG_2.avif": ("AVIF", (240, 320))}
+
+
+def test_a_manifest_places_onto_a_heic_background(tmp_path, weights):
+    _phone_photo(tmp_path, "bg.heic", 2)
+    real_cutout(0, scale=0.3).save(tmp_path / "fg.png")
+    (tmp_path / "m.csv").write_text("foreground,background,x,y\nfg.png,bg.heic,10,20\n")
+    result = run_cli("harmonize", "--layers", tmp_path / "m.csv", "-o", tmp_path / "out", "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    (written,) = (tmp_path / "out").iterdir()
+    assert written.suffix == ".jpg" and Image.open(written).size == (240, 320)
+    assert Image.open(written).info.get("icc_profile") == display_p3_icc()
+
+
+@pytest.mark.parametrize(("package", "command", "extra"), [
+    ("skimage", ["eval", "somewhere"], "train"),
+    ("av", ["harmonize-video", "{clip}", "--mask", "{clip}", "-o", "{out}"], "video"),
+])
+def test_a_missing_extra_is_named_with_its_pip_install(tmp_path, package, command, extra):
+    """Run as if `package` were not installed: one line that names the extra to install."""
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 100)
+    args = [a.format(clip=tmp_path / "clip.mp4", out=tmp_path / "out.mp4") for a in command]
+    blocked = f"import sys; sys.modules[{package!r}] = None; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", blocked, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert_one_error_line(result, f"'s2crnet {command[0]}' needs the `{extra}` extra: pip install 's2crnet[{extra}]'")
+
+
+def test_swapped_arguments_are_one_clear_error(tmp_path, weights):
+    photo, mask = real_pair(320, 240, 1)
+    photo.save(tmp_path / "photo.jpg")
+    mask.save(tmp_path / "mask.png")
+    result = run_cli("harmonize", tmp_path / "mask.png", tmp_path / "photo.jpg", "-o", tmp_path / "out.jpg",
+                     "--weights", weights)
+    assert_one_error_line(result, "were the two swapped?")
+    assert not (tmp_path / "out.jpg").exists()

@@ -7,7 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from helpers import REPO, interrupt_when, make_clip, real_cutout, video_frames, video_timing
+from helpers import REPO, decode_with_errors, interrupt_when, make_clip, real_cutout, video_frames, video_timing
 
 S2CRNET = Path(sys.executable).parent / "s2crnet"
 SUMMARY = re.compile(r"(\d+) frames \((\d+) shots?, (\d+) curve predictions\) in [\d.]+ s \([\d.]+ frames/s\)")
@@ -93,5 +93,7 @@ def test_interrupt_leaves_a_playable_partial_file(tmp_path):
     partial = tmp_path / "out.partial.mp4"
     assert "s2crnet: interrupted: the first" in stderr and f"frames are in {partial} (playable)" in stderr, stderr
     assert not out.exists() and "Traceback" not in stderr
-    done = len(video_frames(partial))
-    assert 0 < done < 90 and video_timing(partial)["pts"] == video_timing(video)["pts"][:done]
+    reported = int(re.search(r"the first (\d+) frames", stderr).group(1))
+    pts, errors = decode_with_errors(partial)
+    assert errors == [] and 0 < len(pts) == reported < 90
+    assert pts == video_timing(video)["pts"][:reported]
