@@ -15,7 +15,7 @@ from model.backbones import create_backbone
 from model.training.batch_norm import recompute_batch_norm
 from model.training.losses import harm
 from model.training.pretrained import imagenet_checkpoint, lite0_state_dict, load_imagenet_weights
-from model.training.train import add_arguments, run
+from model.training.train import _plain, add_arguments, run
 
 reference = pytest.importorskip("efficientnet_lite_pytorch")  # the reference implementation: a test dependency
 
@@ -134,6 +134,21 @@ def test_a_recipe_sets_defaults_that_the_command_line_overrides():
     assert parse("--photos", "mine.csv").backbone == "squeezenet"  # no recipe: the plain defaults
     with pytest.raises(SystemExit):
         parse("--recipe", "no-such-recipe")
+
+
+def test_the_shipped_weights_recipe_gives_the_options_they_were_trained_with():
+    """`s2crnet train --recipe NAME` reproduces the shipped weights: the recipe named in their metadata sets every
+    training option they record (where the run wrote its files aside)."""
+    from model import DEFAULT_WEIGHTS
+    from model.training.train import parse_arguments
+
+    meta = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)["meta"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parse_arguments(parser, ["--recipe", meta["recipe"]])
+    trained = {k: v for k, v in meta["train_args"].items() if k not in ("recipe", "run_dir", "out")}
+    recipe = {k: v for k, v in _plain(vars(args)).items() if k in trained}
+    assert recipe == trained
 
 
 def test_stop_step_ends_a_leg_that_resume_continues_on_the_same_schedule(tmp_path):
