@@ -64,7 +64,7 @@ def test_rayjob_image_is_the_dockerfiles_ray_build(rayjob):
     images = {pod["spec"]["containers"][0]["image"] for pod in pod_templates(rayjob).values()}
     (image,) = images  # head and workers run one image (the same ray, the same s2crnet)
     assert "--build-arg EXTRAS=ray" in dockerfile and f"-t {image} ." in dockerfile
-    assert 'ARG EXTRAS=""' in dockerfile and '".${EXTRAS:+[${EXTRAS}]}"' in dockerfile
+    assert 'ARG EXTRAS=""' in dockerfile and '".[onnx${EXTRAS:+,${EXTRAS}}]"' in dockerfile
 
 
 def test_rayjob_entrypoint_is_a_command_the_cli_takes(rayjob):
