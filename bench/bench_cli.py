@@ -76,18 +76,23 @@ def baseline(pairs: list[tuple[Path, Path]]) -> float:
     return len(pairs) / (time.perf_counter() - started)
 
 
-def run_cli(composites: Path, masks: Path, jobs: int, expected: int) -> tuple[float, float]:
-    """Harmonize the folder into a fresh output folder → (images/s from the summary, wall seconds)."""
-    with tempfile.TemporaryDirectory(prefix="s2crnet-bench-out-") as out:
-        started = time.perf_counter()
-        command = [str(S2CRNET), "harmonize", "--composites", str(composites), "--masks", str(masks),
-                   "-o", out, "--jobs", str(jobs), "--no-progress"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - started
+def timed_harmonize(arguments: list[str], expected: int) -> tuple[float, float]:
+    """`s2crnet harmonize ARGUMENTS` that must harmonize `expected` images → (images/s from its summary, wall s)."""
+    started = time.perf_counter()
+    result = subprocess.run([str(S2CRNET), "harmonize", *arguments, "--no-progress"], capture_output=True,
+                            text=True, check=False)
+    wall = time.perf_counter() - started
     match = SUMMARY.search(result.stdout)
     if result.returncode != 0 or not match or int(match[1]) != expected:
         sys.exit(f"s2crnet failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
     return float(match[2]), wall
+
+
+def run_cli(composites: Path, masks: Path, jobs: int, expected: int) -> tuple[float, float]:
+    """Harmonize the folder into a fresh output folder → (images/s from the summary, wall seconds)."""
+    with tempfile.TemporaryDirectory(prefix="s2crnet-bench-out-") as out:
+        return timed_harmonize(["--composites", str(composites), "--masks", str(masks), "-o", out,
+                                "--jobs", str(jobs)], expected)
 
 
 def main() -> None:

@@ -16,13 +16,11 @@ cluster means with nodes. Each figure is the best of `--repeat` runs.
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_cli import S2CRNET, SUMMARY, generate, run_cli
+from bench_cli import generate, run_cli, timed_harmonize
 
 from app.cli.files import cpu_cores
 from app.cli.ray_batch import loopback_only
@@ -30,15 +28,8 @@ from app.cli.ray_batch import loopback_only
 
 def run_ray(composites: str, masks: str, out: str, address: str, expected: int, *extra) -> tuple[float, float]:
     """One --ray job → (images/s from the summary, wall seconds)."""
-    started = time.perf_counter()
-    command = [str(S2CRNET), "harmonize", "--composites", composites, "--masks", masks, "-o", out,
-               "--ray", address, "--no-progress", *map(str, extra)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    match = SUMMARY.search(result.stdout)
-    if result.returncode != 0 or not match or int(match[1]) != expected:
-        sys.exit(f"s2crnet --ray failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return float(match[2]), wall
+    return timed_harmonize(["--composites", composites, "--masks", masks, "-o", out, "--ray", address,
+                            *map(str, extra)], expected)
 
 
 def start_s3(root: Path):

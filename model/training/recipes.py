@@ -30,15 +30,12 @@ RECIPES: dict[str, dict] = {
         "steps": 2500, "warmup": 200, "val_every": 250, "looks": f"{SHARED}/luts/film_luts.npz",
         "harm_weight": 1.0, "same_category_share": 0.0, "untouched_share": 0.2, "threads": 2, "max_minutes": 115.0,
     },
-    # Shipped (2026-12-04): lite0-objects with two pairs in five made as HAdobe5k/Hday2night were (the object from
-    # another film look, exposure, white balance or time of day of the same photo); one torch thread, whole schedule.
-    "lite0-objects-render": {
-        "photos": [f"{SHARED}/photos/manifest.csv", OBJECTS], "val_real": [f"{SHARED}/iharmony4_val"],
-        "backbone": "efficientnet_lite0", "trainable_blocks": 3, "backbone_lr_scale": 0.2,
-        "steps": 2500, "warmup": 200, "val_every": 250, "looks": f"{SHARED}/luts/film_luts.npz", "render_share": 0.4,
-        "harm_weight": 1.0, "same_category_share": 0.0, "untouched_share": 0.2, "threads": 1, "max_minutes": 115.0,
-    },
 }
+
+
+# Shipped (2026-12-04): lite0-objects with two pairs in five made as HAdobe5k/Hday2night were (the object from
+# another film look, exposure, white balance or time of day of the same photo); one torch thread.
+RECIPES["lite0-objects-render"] = {**RECIPES["lite0-objects"], "render_share": 0.4, "threads": 1}
 
 
 def recipe_defaults(name: str) -> dict:
